@@ -1,0 +1,14 @@
+//! tplbuild: assemble Debian-based root filesystems from template images kept
+//! in an OCI registry.
+//!
+//! The flow of data (see DESIGN.md): a [`buildfile`] is parsed, its FROM is
+//! resolved to a manifest digest, [`plan`] gives every step a content key,
+//! [`build`] looks each key up in the [`store`] (and registry caches) or runs
+//! the step in an [`engine`] and turns the diff into a normalized [`layer`];
+//! the final image goes to [`export`]ers and the [`registry`].
+
+pub mod buildfile;
+pub mod layer;
+pub mod oci;
+pub mod registry;
+pub mod store;
