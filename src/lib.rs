@@ -8,7 +8,11 @@
 //! the final image goes to [`export`]ers and the [`registry`].
 
 pub mod buildfile;
+pub mod cli;
+pub mod image;
 pub mod layer;
 pub mod oci;
 pub mod registry;
 pub mod store;
+pub mod template;
+pub mod transfer;

@@ -181,6 +181,7 @@ impl ImageConfig {
 
 /// A parsed manifest document: either an image manifest or an index.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // parsed once per pull; boxing buys nothing
 pub enum ManifestDoc {
     Image(Manifest),
     Index(ImageIndex),

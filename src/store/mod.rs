@@ -1,1 +1,157 @@
-//! (being written)
+//! The local content store: an OCI image layout plus tplbuild's own indexes.
+//!
+//! ```text
+//! $TPLBUILD_HOME/                      (default $XDG_CACHE_HOME/tplbuild)
+//! └── store-v1/
+//!     ├── oci-layout                   {"imageLayoutVersion":"1.0.0"}
+//!     ├── index.json                   named images (org.opencontainers.image.ref.name)
+//!     ├── blobs/sha256/<hex>           every blob, verified before it lands here
+//!     ├── steps-v1/<key hex>.json      step key → layer descriptor + the inputs of the key
+//!     ├── exports-v1/<key hex>/…       cached rootfs exports (ext4, erofs, …)
+//!     ├── tmp/                         in-flight writes, renamed into place when verified
+//!     └── lock                         flock held while index.json is rewritten
+//! ```
+//!
+//! Blobs are written to `tmp/`, hashed and counted while they stream,
+//! fsynced, compared with the expected digest and size, then renamed into
+//! place (and the directory fsynced): a reader never sees a partial blob
+//! under a digest. A blob that no longer matches its digest when read (disk
+//! corruption, a truncated copy) is deleted and reported as missing so that
+//! the caller fetches it again. Two processes may share a store: blob and
+//! step writes are atomic renames; `index.json` is rewritten under `lock`.
+//! The `-v1` suffixes version the on-disk format; a new format gets a new
+//! folder instead of misreading an old one.
+
+mod blobs;
+pub mod index;
+mod steps;
+
+use std::path::{Path, PathBuf};
+
+pub use blobs::{BlobWriter, VerifyingReader};
+pub use steps::StepRecord;
+
+use crate::oci::{Digest, DigestError};
+
+/// The name of the store folder; bump the suffix when the format changes.
+pub const STORE_DIR: &str = "store-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("blob {digest} is not in the store")]
+    Missing { digest: Digest },
+    #[error("blob {digest} in the store is corrupt (its content no longer matches its digest); it was removed and must be fetched again")]
+    Corrupt { digest: Digest },
+    #[error("content does not match: expected {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)")]
+    Mismatch {
+        expected: Digest,
+        expected_size: u64,
+        actual: Digest,
+        actual_size: u64,
+    },
+    #[error("malformed {what} at {path}: {source}")]
+    Json {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+}
+
+/// A handle to the store folder. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// The store at `$TPLBUILD_HOME`, else `$XDG_CACHE_HOME/tplbuild`, else
+    /// `~/.cache/tplbuild`.
+    pub fn default_home() -> PathBuf {
+        if let Some(h) = std::env::var_os("TPLBUILD_HOME").filter(|h| !h.is_empty()) {
+            return PathBuf::from(h);
+        }
+        if let Some(c) = std::env::var_os("XDG_CACHE_HOME").filter(|h| !h.is_empty()) {
+            return PathBuf::from(c).join("tplbuild");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache").join("tplbuild")
+    }
+
+    /// Open (creating if needed) the store under `home`.
+    pub fn open(home: &Path) -> Result<Self, StoreError> {
+        let root = home.join(STORE_DIR);
+        for sub in ["blobs/sha256", "tmp", "steps-v1", "exports-v1"] {
+            fs_err::create_dir_all(root.join(sub))?;
+        }
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&root, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            write_atomic(
+                &root,
+                &index,
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+            )?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn exports_dir(&self) -> PathBuf {
+        self.root.join("exports-v1")
+    }
+}
+
+/// Write `bytes` to `path` via a temp file in `root/tmp`, fsync, rename,
+/// fsync the parent directory.
+pub(crate) fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp_dir = root.join("tmp");
+    fs_err::create_dir_all(&tmp_dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_parent(path)
+}
+
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs_err::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_an_oci_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layout = fs_err::read_to_string(store.root().join("oci-layout")).unwrap();
+        assert!(layout.contains("1.0.0"));
+        assert!(store.root().join("index.json").is_file());
+        // Opening again keeps what is there.
+        Store::open(dir.path()).unwrap();
+    }
+}

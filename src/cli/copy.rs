@@ -1,0 +1,78 @@
+//! `tplbuild pull` and `tplbuild copy`.
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::template::{human_size, parse_target};
+use super::{parse_platform, Context};
+use crate::oci::Target;
+use crate::transfer;
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tplbuild copy 127.0.0.1:5000/platform/base:1 oci:./mirror:base-1 --insecure-registry 127.0.0.1:5000\n  \
+    tplbuild copy oci:./mirror:base-1 registry.example.com/platform/base:1")]
+pub struct CopyArgs {
+    /// Source: HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
+    #[arg(value_name = "SRC")]
+    pub source: String,
+    /// Destination: HOST/REPO:TAG or oci:DIR[:TAG].
+    #[arg(value_name = "DEST")]
+    pub dest: String,
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
+    let target = parse_target(&a.reference)?;
+    let platform = parse_platform(a.platform.as_deref())?;
+    let client = ctx.client()?;
+    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
+        .await
+        .with_context(|| format!("pulling {target}"))?;
+    transfer::ensure_blobs(&ctx.store, &client, &resolved.source, resolved.image.layers())
+        .await
+        .with_context(|| format!("pulling the layers of {target}"))?;
+    eprintln!(
+        "pulled {} ({})",
+        resolved.pinned,
+        human_size(resolved.image.layers_size())
+    );
+    println!("{}", resolved.image.digest());
+    Ok(())
+}
+
+pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
+    let src = parse_target(&a.source)?;
+    let dest = parse_target(&a.dest)?;
+    let platform = parse_platform(a.platform.as_deref())?;
+    let client = ctx.client()?;
+    let resolved = transfer::resolve(&ctx.store, &client, &src, &platform)
+        .await
+        .with_context(|| format!("reading {src}"))?;
+    // Between repositories of one registry, blobs are mounted, not copied.
+    let mount_from = match (&src, &dest) {
+        (Target::Registry(s), Target::Registry(d)) if s.registry == d.registry => Some(s.clone()),
+        _ => None,
+    };
+    // Blobs are fetched into the store first, even when a mount will make
+    // the upload unnecessary: a registry may refuse the mount.
+    transfer::ensure_blobs(&ctx.store, &client, &resolved.source, resolved.image.layers())
+        .await
+        .with_context(|| format!("reading the layers of {src}"))?;
+    let digest = transfer::publish(&ctx.store, &client, &resolved.image, &dest, mount_from.as_ref())
+        .await
+        .with_context(|| format!("writing {dest}"))?;
+    eprintln!("copied {} to {dest}", resolved.pinned);
+    println!("{digest}");
+    Ok(())
+}

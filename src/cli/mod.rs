@@ -1,0 +1,196 @@
+//! Command-line definitions (clap) and the dispatch to each subcommand,
+//! one file per subcommand. Errors travel up as `anyhow::Error`; `report`
+//! prints them and picks the exit code.
+
+mod copy;
+mod template;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::oci::Platform;
+use crate::store::Store;
+
+/// Exit codes, like BuildKit's and uv's: 1 for a failed operation, 2 for
+/// bad input (usage, Buildfile), 128+signal for interrupts.
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const SIGINT: u8 = 130;
+    pub const SIGTERM: u8 = 143;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tplbuild",
+    version,
+    about = "Assemble Debian-based root filesystems from template images in an OCI registry",
+    long_about = "tplbuild assembles root filesystems for Debian-based embedded products.\n\n\
+        A base-platform team publishes a finished base rootfs as a template image \
+        (`tplbuild template import`). A product team writes a short Buildfile \
+        (FROM a template, INSTALL packages, COPY files, RUN commands) and runs \
+        `tplbuild build`, which runs the apt steps in Docker or Podman and exports \
+        an ext4/erofs/squashfs image, a tarball, a directory or a new OCI image. \
+        Every step is content-addressed and cached, locally and in the registry.",
+    after_help = "Examples:\n  \
+        tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:1 --insecure-registry 127.0.0.1:5000\n  \
+        tplbuild template inspect oci:./templates:base-1\n  \
+        tplbuild copy oci:./templates:base-1 registry.example.com/platform/base:1\n\n\
+        Images are named like Docker's (`host[:port]/repo[:tag][@sha256:…]`) or as an \
+        OCI image layout on disk: `oci:DIR[:TAG]`."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where the content store lives.
+    #[arg(long, global = true, env = "TPLBUILD_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Allow plain HTTP for this registry (repeatable). Loopback registries
+    /// must be named too.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Print debug logs (credentials are never printed).
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and inspect template images (the base-platform team's side).
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
+    /// Fetch an image and all its layers into the local store.
+    Pull(copy::PullArgs),
+    /// Copy an image between registries and OCI layouts, like `crane copy`.
+    Copy(copy::CopyArgs),
+}
+
+pub fn init_tracing(debug: bool) {
+    let filter = if debug {
+        "tplbuild=debug,info"
+    } else {
+        "tplbuild=warn,warn"
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TPLBUILD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// What every subcommand needs: the store, the registry client, settings.
+pub struct Context {
+    pub store: Store,
+    pub global: GlobalArgs,
+}
+
+impl Context {
+    pub fn new(global: GlobalArgs) -> anyhow::Result<Self> {
+        let home = global.home.clone().unwrap_or_else(Store::default_home);
+        let store = Store::open(&home)
+            .map_err(|e| anyhow::anyhow!(e).context(format!("opening the store at {}", home.display())))?;
+        Ok(Context { store, global })
+    }
+
+    /// A registry client with the settings file plus `--insecure-registry`.
+    pub fn client(&self) -> anyhow::Result<crate::registry::Client> {
+        let mut settings = crate::registry::RegistrySettings::load()?;
+        settings
+            .insecure
+            .extend(self.global.insecure_registries.iter().cloned());
+        Ok(crate::registry::Client::new(settings)?)
+    }
+}
+
+pub fn parse_platform(s: Option<&str>) -> anyhow::Result<Platform> {
+    match s {
+        None => Ok(Platform::host()),
+        Some(s) => Platform::parse(s).ok_or_else(|| {
+            Failure::bad_input(format!("invalid platform {s:?}"))
+                .with_hint("write it as OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm/v7")
+                .into()
+        }),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context::new(cli.global)?;
+    match cli.command {
+        Command::Template(t) => template::run(&ctx, t).await,
+        Command::Pull(a) => copy::pull(&ctx, a).await,
+        Command::Copy(a) => copy::copy(&ctx, a).await,
+    }
+}
+
+/// An error with an exit code and an optional hint for the user.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+    pub code: u8,
+}
+
+impl Failure {
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: None,
+            code: exit::BAD_INPUT,
+        }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: None,
+            code: exit::FAILURE,
+        }
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Print an error chain and return the exit code.
+pub fn report(err: &anyhow::Error) -> u8 {
+    let mut code = exit::FAILURE;
+    let mut hint = None;
+    let mut chain = err.chain();
+    if let Some(first) = chain.next() {
+        eprintln!("error: {first}");
+    }
+    for cause in chain {
+        eprintln!("  caused by: {cause}");
+    }
+    for cause in err.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            code = f.code;
+            if hint.is_none() {
+                hint = f.hint.clone();
+            }
+        }
+    }
+    if let Some(h) = hint {
+        eprintln!("  hint: {h}");
+    }
+    code
+}

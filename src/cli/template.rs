@@ -1,0 +1,218 @@
+//! `tplbuild template import|inspect`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{parse_platform, Context, Failure};
+use crate::image::keys;
+use crate::oci::{Compression, Target};
+use crate::template::{self, ImportOptions};
+use crate::transfer;
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Turn a rootfs (folder or tarball) into a template image.
+    ///
+    /// SOURCE is a folder or a tarball (.tar, .tar.gz, .tar.zst, .tar.xz) as
+    /// made by mmdebstrap, debootstrap or ISAR. The image has one
+    /// deterministic layer (sorted entries, numeric owners, mtimes clamped
+    /// to SOURCE_DATE_EPOCH when set), annotations for the Debian suite,
+    /// architecture and package count, and the dpkg package list. Importing
+    /// the same SOURCE twice gives the same digest.
+    #[command(after_help = "Examples:\n  \
+        mmdebstrap --variant=minbase bookworm rootfs.tar\n  \
+        tplbuild template import rootfs.tar oci:./templates:base-1\n  \
+        tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:1 --insecure-registry 127.0.0.1:5000 \\\n      \
+        --annotation org.opencontainers.image.version=2024.06")]
+    Import(ImportArgs),
+    /// Show a template's digest, platform, layers, annotations and packages.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The rootfs: a folder or a tarball.
+    pub source: PathBuf,
+    /// Where to write the image: HOST/REPO:TAG or oci:DIR[:TAG].
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Add an annotation to the manifest (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// The platform of the rootfs (default: read from its dpkg database).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Import even if SOURCE has no os-release.
+    #[arg(long)]
+    pub force: bool,
+    /// Layer compression.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+    pub compression: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The template: HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Which platform to pick from a multi-platform image (default: the host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+pub async fn run(ctx: &Context, cmd: TemplateCommand) -> anyhow::Result<()> {
+    match cmd {
+        TemplateCommand::Import(a) => import(ctx, a).await,
+        TemplateCommand::Inspect(a) => inspect(ctx, a).await,
+    }
+}
+
+pub fn parse_target(s: &str) -> anyhow::Result<Target> {
+    Target::parse(s).map_err(|e| {
+        Failure::bad_input(e.to_string())
+            .with_hint("write HOST[:PORT]/REPO[:TAG] or oci:DIR[:TAG]")
+            .into()
+    })
+}
+
+fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| {
+                    Failure::bad_input(format!("{what} {kv:?} is not KEY=VALUE")).into()
+                })
+        })
+        .collect()
+}
+
+async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
+    let target = parse_target(&a.reference)?;
+    let opts = ImportOptions {
+        annotations: parse_kv(&a.annotations, "annotation")?,
+        platform: a.platform.as_deref().map(|p| parse_platform(Some(p))).transpose()?,
+        force: a.force,
+        compression: if a.compression == "zstd" {
+            Compression::Zstd
+        } else {
+            Compression::Gzip
+        },
+    };
+    let store = ctx.store.clone();
+    let source = a.source.clone();
+    eprintln!("importing {} …", a.source.display());
+    let started = std::time::Instant::now();
+    let imported = tokio::task::spawn_blocking(move || template::import(&store, &source, &opts))
+        .await?
+        .map_err(|e| {
+            let hint = match &e {
+                template::TemplateError::NotARootfs { .. } => {
+                    Some("pass --force to import a folder or tarball that is not a Debian rootfs")
+                }
+                template::TemplateError::Missing { .. } => None,
+                _ => None,
+            };
+            let mut f = Failure::failed(format!("importing {}", a.source.display()));
+            if let Some(h) = hint {
+                f = f.with_hint(h);
+                f.code = super::exit::BAD_INPUT;
+            }
+            anyhow::Error::new(e).context(f)
+        })?;
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
+    let client = ctx.client()?;
+    let digest = transfer::publish(&ctx.store, &client, &imported.image, &target, None)
+        .await
+        .with_context(|| format!("writing the template to {target}"))?;
+    let info = &imported.info;
+    eprintln!(
+        "imported {} ({}, {} packages, {}) in {:.1}s",
+        target,
+        info.suite.as_deref().unwrap_or("unknown suite"),
+        info.packages.len(),
+        human_size(imported.image.layers_size()),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{digest}");
+    Ok(())
+}
+
+async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
+    let target = parse_target(&a.reference)?;
+    let platform = parse_platform(a.platform.as_deref())?;
+    let client = ctx.client()?;
+    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
+        .await
+        .with_context(|| format!("reading {target}"))?;
+    let image = &resolved.image;
+    let packages = image.packages();
+    let created = image
+        .config
+        .created
+        .clone()
+        .or_else(|| image.annotations().get(keys::CREATED).cloned());
+    if a.json {
+        let v = json!({
+            "reference": target.to_string(),
+            "digest": image.digest().to_string(),
+            "mediaType": image.manifest.media_type,
+            "platform": image.config.platform().to_string(),
+            "created": created,
+            "size": image.layers_size(),
+            "layers": image.layers().iter().zip(image.diff_ids()).map(|(l, d)| json!({
+                "digest": l.digest.to_string(), "size": l.size, "mediaType": l.media_type, "diffID": d.to_string(),
+            })).collect::<Vec<_>>(),
+            "annotations": image.annotations(),
+            "packages": packages,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("Reference:  {target}");
+    println!("Digest:     {}", image.digest());
+    println!("Platform:   {}", image.config.platform());
+    println!("Created:    {}", created.as_deref().unwrap_or("-"));
+    println!("Size:       {}", human_size(image.layers_size()));
+    println!("Layers:");
+    for l in image.layers() {
+        println!("  {}  {:>10}  {}", l.digest, human_size(l.size), l.media_type);
+    }
+    if !image.annotations().is_empty() {
+        println!("Annotations:");
+        for (k, v) in image.annotations() {
+            println!("  {k}={v}");
+        }
+    }
+    println!("Packages ({}):", packages.len());
+    for p in &packages {
+        println!("  {:<32} {:<28} {}", p.name, p.version, p.architecture);
+    }
+    Ok(())
+}
+
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

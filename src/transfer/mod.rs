@@ -1,0 +1,144 @@
+//! Moving images between the store, OCI layouts (`oci:DIR:TAG`) and
+//! registries. Everything passes through the store, verified: a blob read
+//! from a layout or a registry lands under its digest only if it hashes to
+//! it.
+
+mod layout;
+mod remote;
+
+use crate::image::Image;
+use crate::oci::{Descriptor, Digest, ManifestError, Reference, Target};
+use crate::registry::{Client, RegistryError};
+use crate::store::{Store, StoreError};
+
+pub use layout::{read_layout_image, write_layout_image};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Image(#[from] crate::image::ImageError),
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+    #[error("no image tagged {tag:?} in the OCI layout {dir}")]
+    LayoutTagMissing { dir: String, tag: String },
+    #[error("{dir} is not an OCI image layout (no index.json)")]
+    NotALayout { dir: String },
+    #[error("no manifest for platform {wanted} in {what}; it has: {available}")]
+    NoPlatform {
+        what: String,
+        wanted: String,
+        available: String,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where an image's blobs can be fetched from.
+#[derive(Debug, Clone)]
+pub enum BlobSource {
+    /// Already complete in the store.
+    Store,
+    Layout(std::path::PathBuf),
+    Registry(Reference),
+}
+
+/// An image whose manifest and config are in the store, and where to fetch
+/// its layers from when they are needed.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub image: Image,
+    pub source: BlobSource,
+    /// The reference as the user wrote it, pinned to the digest.
+    pub pinned: String,
+}
+
+impl Resolved {
+    pub fn digest(&self) -> Digest {
+        self.image.digest()
+    }
+}
+
+/// Resolve a target to one image for `platform`, with its manifest and
+/// config in the store. Layers are not fetched (see [`ensure_layers`]).
+pub async fn resolve(
+    store: &Store,
+    client: &Client,
+    target: &Target,
+    platform: &crate::oci::Platform,
+) -> Result<Resolved, TransferError> {
+    match target {
+        Target::Layout { dir, tag, digest } => {
+            let image = read_layout_image(store, dir, tag, digest.as_ref(), platform)?;
+            let pinned = format!("oci:{}:{tag}@{}", dir.display(), image.digest());
+            Ok(Resolved {
+                image,
+                source: BlobSource::Layout(dir.clone()),
+                pinned,
+            })
+        }
+        Target::Registry(r) => remote::resolve(store, client, r, platform).await,
+    }
+}
+
+/// Make sure these blobs are in the store, fetching from `source` as needed.
+pub async fn ensure_blobs(
+    store: &Store,
+    client: &Client,
+    source: &BlobSource,
+    blobs: &[Descriptor],
+) -> Result<(), TransferError> {
+    for desc in blobs {
+        if store.has_blob(&desc.digest) {
+            continue;
+        }
+        match source {
+            BlobSource::Store => {
+                return Err(StoreError::Missing {
+                    digest: desc.digest.clone(),
+                }
+                .into())
+            }
+            BlobSource::Layout(dir) => layout::copy_blob_in(store, dir, desc)?,
+            BlobSource::Registry(r) => remote::pull_blob(store, client, r, desc).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Write an image whose blobs are all in the store to a target. Returns the
+/// manifest digest.
+pub async fn publish(
+    store: &Store,
+    client: &Client,
+    image: &Image,
+    target: &Target,
+    mount_from: Option<&Reference>,
+) -> Result<Digest, TransferError> {
+    match target {
+        Target::Layout { dir, tag, .. } => {
+            write_layout_image(store, image, dir, tag)?;
+            Ok(image.digest())
+        }
+        Target::Registry(r) => remote::push_image(store, client, image, r, mount_from).await,
+    }
+}
+
+/// Store an image's manifest and config (layers must be stored by the caller).
+pub fn store_image(store: &Store, image: &Image) -> Result<(), StoreError> {
+    store.put_bytes(&image.config_bytes)?;
+    store.put_bytes(&image.manifest_bytes)?;
+    Ok(())
+}
+
+/// Load an image from the store by manifest digest.
+pub fn load_image(store: &Store, digest: &Digest) -> Result<Image, TransferError> {
+    let manifest_bytes = store.read_bytes(digest)?;
+    let manifest: crate::oci::Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| TransferError::Manifest(ManifestError::Json(e)))?;
+    let config_bytes = store.read_bytes(&manifest.config.digest)?;
+    Ok(Image::from_parts(manifest_bytes, config_bytes)?)
+}

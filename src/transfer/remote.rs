@@ -1,0 +1,67 @@
+//! The registry side of transfers: resolve, pull blobs into the store, push
+//! an image from the store.
+
+use super::{BlobSource, Resolved, TransferError};
+use crate::image::Image;
+use crate::oci::{Descriptor, Digest, Platform, Reference};
+use crate::registry::Client;
+use crate::store::Store;
+
+pub(super) async fn resolve(
+    store: &Store,
+    client: &Client,
+    r: &Reference,
+    platform: &Platform,
+) -> Result<Resolved, TransferError> {
+    let resolved = client.resolve_image(r, platform).await?;
+    store.put_bytes(&resolved.manifest.bytes)?;
+    store.put_bytes(&resolved.config_bytes)?;
+    let image = Image::from_parts(resolved.manifest.bytes.clone(), resolved.config_bytes.clone())?;
+    let pinned = r.with_digest(image.digest());
+    Ok(Resolved {
+        pinned: pinned.to_string(),
+        image,
+        source: BlobSource::Registry(pinned),
+    })
+}
+
+pub(super) async fn pull_blob(
+    store: &Store,
+    client: &Client,
+    r: &Reference,
+    desc: &Descriptor,
+) -> Result<(), TransferError> {
+    let mut w = store.blob_writer()?;
+    client.pull_blob(r, desc, &mut w).await?;
+    w.commit(Some((&desc.digest, desc.size)))?;
+    Ok(())
+}
+
+pub(super) async fn push_image(
+    store: &Store,
+    client: &Client,
+    image: &Image,
+    r: &Reference,
+    mount_from: Option<&Reference>,
+) -> Result<Digest, TransferError> {
+    for layer in image.layers() {
+        client
+            .push_blob_file(r, layer, &store.blob_path(&layer.digest), mount_from)
+            .await?;
+    }
+    let cfg = &image.manifest.config;
+    client
+        .push_blob_file(r, cfg, &store.blob_path(&cfg.digest), None)
+        .await?;
+    let media = image
+        .manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| crate::oci::MediaType::OCI_MANIFEST.to_string());
+    let target = if r.digest.is_some() && r.tag.is_none() {
+        r.clone()
+    } else {
+        Reference { digest: None, ..r.clone() }
+    };
+    Ok(client.put_manifest(&target, &image.manifest_bytes, &media).await?)
+}
