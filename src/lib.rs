@@ -9,6 +9,7 @@
 
 pub mod buildfile;
 pub mod cli;
+pub mod export;
 pub mod image;
 pub mod layer;
 pub mod oci;
