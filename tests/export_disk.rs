@@ -620,3 +620,170 @@ fn a_non_empty_dir_dest_is_refused_before_any_work_unless_forced() {
     assert!(!dest.join("precious").exists());
     assert!(dest.join("etc/hostname").exists());
 }
+
+/// Times of each export type for the mmdebstrap minbase rootfs of the test
+/// bed (`cargo test --release --test export_disk -- --ignored --nocapture`),
+/// and whether two cold exports of it are byte-identical.
+#[test]
+#[ignore = "slow: needs /var/lib/tplbuild-testbed/cache/bookworm-minbase.tar"]
+fn minbase_export_times() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("tplbuild=debug")
+        .with_writer(std::io::stderr)
+        .try_init();
+    let tarball = Path::new("/var/lib/tplbuild-testbed/cache/bookworm-minbase.tar");
+    let work = tempfile::tempdir().unwrap();
+    let image_in = |home: &Path| -> (Store, Image) {
+        let store = Store::open(home).unwrap();
+        let mut w = store.blob_writer().unwrap();
+        std::io::copy(&mut fs_err::File::open(tarball).unwrap(), &mut w).unwrap();
+        let digest = w.commit(None).unwrap();
+        let size = store.blob_size(&digest).unwrap();
+        let config = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![digest.clone()],
+            },
+            ..Default::default()
+        };
+        let image = Image::assemble(
+            config,
+            vec![Descriptor::new(MediaType::OCI_LAYER_TAR, digest, size)],
+            BTreeMap::new(),
+        );
+        tplbuild::transfer::store_image(&store, &image).unwrap();
+        (store, image)
+    };
+    let (store, image) = image_in(&work.path().join("a"));
+
+    let t = std::time::Instant::now();
+    let flat = tempfile::tempdir_in(store.tmp_dir()).unwrap();
+    tplbuild::export::flatten(&store, &image, flat.path()).unwrap();
+    eprintln!("flatten alone: {:.2} s", t.elapsed().as_secs_f64());
+    drop(flat);
+
+    let out = work.path().join("out");
+    let o = out.display();
+    let kinds = [
+        format!("type=tar,dest={o}/a.tar"),
+        format!("type=tar,dest={o}/a.tar.zst,compression=zstd"),
+        format!("type=dir,dest={o}/a-dir"),
+        format!("type=ext4,dest={o}/a.ext4"),
+        format!("type=erofs,dest={o}/a.erofs"),
+        format!("type=erofs,dest={o}/a-lz4.erofs,compression=lz4"),
+        format!("type=squashfs,dest={o}/a.squashfs"),
+        format!("type=oci,dest={o}/layout"),
+    ];
+    let only = std::env::var("EXPORT_KINDS").unwrap_or_default();
+    for k in kinds.iter().filter(|k| {
+        only.is_empty()
+            || only
+                .split(' ')
+                .any(|o| k.starts_with(&format!("type={o},")))
+    }) {
+        let t = std::time::Instant::now();
+        let r = export_all(&store, &image, &[spec(k)], EPOCH).unwrap();
+        eprintln!(
+            "{:<50} {:>6.2} s total (export step {:.2} s): {}",
+            k.split(',').next().unwrap().to_string()
+                + k.split(',')
+                    .nth(2)
+                    .map(|c| format!(",{c}"))
+                    .as_deref()
+                    .unwrap_or(""),
+            t.elapsed().as_secs_f64(),
+            r[0].seconds,
+            r[0].summary
+        );
+    }
+    let t = std::time::Instant::now();
+    let r = export_all(
+        &store,
+        &image,
+        &[spec(&format!("type=ext4,dest={o}/again.ext4"))],
+        EPOCH,
+    )
+    .unwrap();
+    eprintln!(
+        "ext4 again (cached={}): {:.2} s",
+        r[0].cached,
+        t.elapsed().as_secs_f64()
+    );
+    run(Command::new("fsck.ext4")
+        .args(["-fn"])
+        .arg(out.join("a.ext4")));
+
+    // The by-hand way for comparison, twice each, interleaved with ours
+    // (the machine is shared, so single samples lie).
+    for round in 0..2 {
+        let d = work.path().join(format!("by-hand-{round}"));
+        fs_err::create_dir_all(&d).unwrap();
+        let t = std::time::Instant::now();
+        run(Command::new("tar")
+            .arg("--xattrs")
+            .arg("--xattrs-include=*")
+            .arg("-xf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(&d));
+        let untar = t.elapsed().as_secs_f64();
+        run(Command::new("mke2fs")
+            .args(["-t", "ext4", "-d"])
+            .arg(&d)
+            .args(["-F", "-q"])
+            .arg(work.path().join(format!("by-hand-{round}.ext4")))
+            .arg("303104k"));
+        eprintln!(
+            "by hand: tar -x {untar:.2} s + mke2fs -d {:.2} s = {:.2} s",
+            t.elapsed().as_secs_f64() - untar,
+            t.elapsed().as_secs_f64()
+        );
+        fs_err::remove_dir_all(&d).unwrap();
+        let t = std::time::Instant::now();
+        let r = export_all(
+            &store,
+            &image,
+            &[spec(&format!("type=ext4,dest={o}/round-{round}.ext4"))],
+            EPOCH + 1 + round,
+        )
+        .unwrap();
+        eprintln!(
+            "tplbuild -o type=ext4 (cold): {:.2} s, {}",
+            t.elapsed().as_secs_f64(),
+            r[0].summary
+        );
+    }
+    if !only.is_empty() {
+        return;
+    }
+    // A second cold export on another store, with the flattened tree on
+    // tmpfs this time: byte-identical files.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (store_b, image_b) = image_in(shm.path());
+    let ob = work.path().join("out-b");
+    let files = ["a.tar", "a.ext4", "a.erofs", "a.squashfs"];
+    let specs: Vec<OutputSpec> = kinds
+        .iter()
+        .map(|k| spec(k))
+        .filter(|s| files.iter().any(|f| s.dest.ends_with(f)))
+        .map(|mut s| {
+            s.dest = ob.join(s.dest.file_name().unwrap());
+            s
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    export_all(&store_b, &image_b, &specs, EPOCH).unwrap();
+    eprintln!(
+        "tar+ext4+erofs+squashfs together, cold: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    for f in files {
+        assert_eq!(
+            sha256_file(&out.join(f)),
+            sha256_file(&ob.join(f)),
+            "{f} differs"
+        );
+    }
+}

@@ -190,6 +190,8 @@ pub enum ExportError {
     },
     #[error("{what}")]
     Unexpected { what: String },
+    #[error("two outputs write to {dest}")]
+    DuplicateDest { dest: PathBuf },
     #[error("{dest} is a non-empty directory; pass force=true to replace it")]
     DestNotEmpty { dest: PathBuf },
     #[error("{dest} is a directory; a {kind} output is a file")]

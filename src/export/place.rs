@@ -137,30 +137,67 @@ pub fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
         let hole = rustix::fs::seek(from.as_fd(), rustix::fs::SeekFrom::Hole(data))
             .map_err(err)?
             .min(len);
-        let mut off_in = data;
-        let mut off_out = data;
-        while off_in < hole {
-            let want = usize::try_from(hole - off_in)
-                .unwrap_or(usize::MAX)
-                .min(1 << 30);
-            let n = rustix::fs::copy_file_range(
-                from.as_fd(),
-                Some(&mut off_in),
-                to.as_fd(),
-                Some(&mut off_out),
-                want,
+        copy_range(&from, &to, data, hole).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("copying {} to {}: {e}", src.display(), dst.display()),
             )
-            .map_err(err)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} shrank while being copied", src.display()),
-                ));
-            }
-        }
+        })?;
         pos = hole;
     }
     to.set_len(len)?;
+    Ok(())
+}
+
+/// Copy bytes `start..end` at the same offsets: in the kernel where it
+/// can, else through a buffer (older kernels refuse `copy_file_range`
+/// across filesystems).
+fn copy_range(from: &fs_err::File, to: &fs_err::File, start: u64, end: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut off_in = start;
+    let mut off_out = start;
+    while off_in < end {
+        let want = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(
+            from.as_fd(),
+            Some(&mut off_in),
+            to.as_fd(),
+            Some(&mut off_out),
+            want,
+        ) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the source shrank while being copied",
+                ))
+            }
+            Ok(_) => {}
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::INVAL,
+            ) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    while off_in < end {
+        let want = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = from.file().read_at(&mut buf[..want], off_in)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the source shrank while being copied",
+            ));
+        }
+        to.file().write_all_at(&buf[..n], off_in)?;
+        off_in += n as u64;
+    }
     Ok(())
 }
 
@@ -196,6 +233,24 @@ mod tests {
         // A copy, not a link: changing it leaves the source alone.
         fs_err::write(&dst, b"changed").unwrap();
         assert_eq!(&fs_err::read(&src).unwrap()[..4], b"head");
+    }
+
+    #[test]
+    fn copy_file_works_across_filesystems() {
+        // A store on one filesystem, the destination on another: the
+        // kernel may refuse copy_file_range (EXDEV) and the buffer path runs.
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let src = shm.path().join("src");
+        let mut f = fs_err::File::create(&src).unwrap();
+        f.write_all(&[7u8; 100_000]).unwrap();
+        f.set_len(8 << 20).unwrap();
+        drop(f);
+        let dst = dir.path().join("dst");
+        copy_file(&src, &dst).unwrap();
+        assert!(fs_err::read(&src).unwrap() == fs_err::read(&dst).unwrap());
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn export_all(
     outputs: &[OutputSpec],
     epoch: i64,
 ) -> Result<Vec<ExportReport>, ExportError> {
+    let started = Instant::now();
     check_dests(outputs)?;
     let cache = Cache::new(store);
     let digest = image.digest();
@@ -65,6 +66,10 @@ pub fn export_all(
         });
     }
 
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "export cache looked up"
+    );
     let needs_tree = plans.iter().any(|p| {
         p.spec.kind.needs_rootfs() && !matches!(p.cached, Some(Keyed { hit: Some(_), .. }))
     });
@@ -174,11 +179,13 @@ impl Tree {
         fs_err::create_dir(&path)?;
         set_root_dir_attrs(&path)?;
         flatten(store, image, &path)?;
+        let flattened = started.elapsed().as_secs_f64();
         let stats = TreeStats::scan(&path, Some(epoch))?;
         tracing::info!(
             layers = image.layers().len(),
             files = stats.entries,
-            seconds = started.elapsed().as_secs_f64(),
+            flatten_seconds = flattened,
+            scan_seconds = started.elapsed().as_secs_f64() - flattened,
             "flattened {}",
             image.digest().short()
         );
@@ -317,8 +324,8 @@ fn check_dests(outputs: &[OutputSpec]) -> Result<(), ExportError> {
     for spec in outputs {
         let canon = std::path::absolute(&spec.dest)?;
         if !seen.insert(canon) {
-            return Err(ExportError::Unexpected {
-                what: format!("two outputs write to {}", spec.dest.display()),
+            return Err(ExportError::DuplicateDest {
+                dest: spec.dest.clone(),
             });
         }
         match spec.kind {
