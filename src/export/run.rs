@@ -36,6 +36,19 @@ pub fn export_all(
     outputs: &[OutputSpec],
     epoch: i64,
 ) -> Result<Vec<ExportReport>, ExportError> {
+    let exporters = outputs.iter().map(OutputSpec::exporter).collect();
+    export_with(store, image, outputs, exporters, epoch)
+}
+
+/// [`export_all`] with the exporters given (one per output, `None` for
+/// `oci`), so tests can count what runs.
+pub(super) fn export_with(
+    store: &Store,
+    image: &Image,
+    outputs: &[OutputSpec],
+    exporters: Vec<Option<BoxedExporter>>,
+    epoch: i64,
+) -> Result<Vec<ExportReport>, ExportError> {
     let started = Instant::now();
     check_dests(outputs)?;
     let cache = Cache::new(store);
@@ -43,8 +56,7 @@ pub fn export_all(
 
     // Plan: which file outputs are cached already.
     let mut plans = Vec::with_capacity(outputs.len());
-    for spec in outputs {
-        let exporter = spec.exporter();
+    for (spec, exporter) in outputs.iter().zip(exporters) {
         let cached = match (&exporter, spec.kind.is_file()) {
             (Some(ex), true) => {
                 let inputs = inputs_for(&digest, spec.kind, epoch, ex.key_options()?);
@@ -137,9 +149,11 @@ pub fn export_all(
         .collect())
 }
 
+pub(super) type BoxedExporter = Box<dyn Exporter + Send + Sync>;
+
 struct Plan<'a> {
     spec: &'a OutputSpec,
-    exporter: Option<Box<dyn Exporter + Send + Sync>>,
+    exporter: Option<BoxedExporter>,
     /// For file outputs: the cache key and entry.
     cached: Option<Keyed>,
 }
@@ -317,13 +331,25 @@ fn sha256_file(path: &Path) -> io::Result<Digest> {
     Ok(w.finish().1)
 }
 
+/// The path a destination really names: its parent resolved (links,
+/// `..`) when the parent exists yet.
+fn dest_identity(dest: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(dest)?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => match fs_err::canonicalize(parent) {
+            Ok(p) => Ok(p.join(name)),
+            Err(_) => Ok(abs),
+        },
+        _ => Ok(abs),
+    }
+}
+
 /// Refuse bad destinations before any work: two outputs to one path, a
 /// file output over a directory, a non-empty `dir` without `force=true`.
 fn check_dests(outputs: &[OutputSpec]) -> Result<(), ExportError> {
     let mut seen = HashSet::new();
     for spec in outputs {
-        let canon = std::path::absolute(&spec.dest)?;
-        if !seen.insert(canon) {
+        if !seen.insert(dest_identity(&spec.dest)?) {
             return Err(ExportError::DuplicateDest {
                 dest: spec.dest.clone(),
             });
@@ -336,3 +362,7 @@ fn check_dests(outputs: &[OutputSpec]) -> Result<(), ExportError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;
