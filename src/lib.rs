@@ -7,11 +7,14 @@
 //! the step in an [`engine`] and turns the diff into a normalized [`layer`];
 //! the final image goes to [`export`]ers and the [`registry`].
 
+pub mod build;
 pub mod buildfile;
 pub mod cli;
 pub mod image;
 pub mod layer;
 pub mod oci;
+pub mod plan;
+pub mod progress;
 pub mod registry;
 pub mod store;
 pub mod template;

@@ -2,8 +2,11 @@
 //! one file per subcommand. Errors travel up as `anyhow::Error`; `report`
 //! prints them and picks the exit code.
 
+mod build;
 mod copy;
 mod template;
+
+pub use template::human_size;
 
 use std::path::PathBuf;
 
@@ -70,6 +73,10 @@ pub enum Command {
     Pull(copy::PullArgs),
     /// Copy an image between registries and OCI layouts, like `crane copy`.
     Copy(copy::CopyArgs),
+    /// Show each step of a Buildfile with its cache key, HIT or MISS and why.
+    Plan(build::PlanArgs),
+    /// Build a Buildfile: run the missing steps, cache them, export the result.
+    Build(build::BuildArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -130,6 +137,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Template(t) => template::run(&ctx, t).await,
         Command::Pull(a) => copy::pull(&ctx, a).await,
         Command::Copy(a) => copy::copy(&ctx, a).await,
+        Command::Plan(a) => build::plan_cmd(&ctx, a).await,
+        Command::Build(a) => build::build_cmd(&ctx, a).await,
     }
 }
 
