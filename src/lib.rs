@@ -8,6 +8,7 @@
 //! the final image goes to [`export`]ers and the [`registry`].
 
 pub mod buildfile;
+pub mod engine;
 pub mod layer;
 pub mod oci;
 pub mod registry;
