@@ -11,6 +11,7 @@ pub mod build;
 pub mod buildfile;
 pub mod cli;
 pub mod image;
+pub mod engine;
 pub mod layer;
 pub mod oci;
 pub mod plan;

@@ -166,13 +166,22 @@ impl Runner {
                 super::copy::write_copy_tar(&plan.buildfile.context, sources, dest, &attrs, &mut tmp)
                     .context("reading the COPY sources (did they change after planning?)")?;
                 tmp.flush()?;
-                self.engine.upload(container, "/", tmp.path()).await?;
+                let file = tokio::fs::File::open(tmp.path()).await?;
+                self.engine
+                    .upload(container, "/", tokio_util::io::ReaderStream::new(file))
+                    .await?;
             }
             _ => {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(256);
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
                 let engine = self.engine.clone();
                 let c = container.clone();
-                let run = tokio::spawn(async move { engine.run(&c, tx).await });
+                let run = tokio::spawn(async move {
+                    engine
+                        .run(&c, move |line| {
+                            let _ = tx.send(line.to_string());
+                        })
+                        .await
+                });
                 while let Some(line) = rx.recv().await {
                     progress.output(step.number, &line);
                 }

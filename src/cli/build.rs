@@ -12,6 +12,22 @@ use super::{exit, parse_platform, Context, Failure};
 use crate::build::{self, BuildError, BuildOptions};
 use crate::buildfile;
 use crate::engine::{EngineChoice, Network};
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Docker,
+    Podman,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NetworkArg {
+    Host,
+    None,
+    Bridge,
+}
 use crate::plan::{self, apt, Plan};
 use crate::progress::{Progress, ProgressMode};
 use crate::transfer;
@@ -53,10 +69,10 @@ pub struct BuildArgs {
     /// Which engine runs the steps: auto tries DOCKER_HOST, the Docker
     /// socket, then the Podman sockets.
     #[arg(long, value_enum, default_value = "auto")]
-    pub engine: EngineChoice,
+    pub engine: EngineArg,
     /// The step containers' network.
     #[arg(long, value_enum, default_value = "host")]
-    pub network: Network,
+    pub network: NetworkArg,
     /// Run every step even if it was built before.
     #[arg(long)]
     pub no_cache: bool,
@@ -220,8 +236,16 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
     let plan = make_plan(ctx, &a.bf).await?;
     let client = ctx.client()?;
     let opts = BuildOptions {
-        engine: a.engine,
-        network: a.network,
+        engine: match a.engine {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Docker => EngineChoice::Docker,
+            EngineArg::Podman => EngineChoice::Podman,
+        },
+        network: match a.network {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+            NetworkArg::Bridge => Network::Bridge,
+        },
         no_cache: a.no_cache,
     };
     let built = match build::build(&ctx.store, &client, &plan, &opts, &mut progress).await {

@@ -107,6 +107,17 @@ impl BlobWriter {
         self.inner.written()
     }
 
+    /// Discard everything written so far (a download restarting from the
+    /// first byte).
+    pub fn restart(&mut self) -> io::Result<()> {
+        let fresh = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(self.store.tmp_dir())?;
+        // The old temp file is deleted when it drops.
+        self.inner = DigestWriter::new(io::BufWriter::with_capacity(256 * 1024, fresh));
+        Ok(())
+    }
+
     /// Flush, fsync, verify against `expected` (if given) and move the blob
     /// into place. Returns the digest of what was written.
     pub fn commit(self, expected: Option<(&Digest, u64)>) -> Result<Digest, StoreError> {

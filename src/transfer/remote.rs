@@ -31,10 +31,23 @@ pub(super) async fn pull_blob(
     r: &Reference,
     desc: &Descriptor,
 ) -> Result<(), TransferError> {
-    let mut w = store.blob_writer()?;
-    client.pull_blob(r, desc, &mut w).await?;
-    w.commit(Some((&desc.digest, desc.size)))?;
+    let mut sink = StoreSink(store.blob_writer()?);
+    client.pull_blob(r, desc, &mut sink).await?;
+    sink.0.commit(Some((&desc.digest, desc.size)))?;
     Ok(())
+}
+
+/// The registry client streams into the store's verified writer.
+struct StoreSink(crate::store::BlobWriter);
+
+impl crate::registry::BlobSink for StoreSink {
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.0, buf)
+    }
+
+    async fn restart(&mut self) -> std::io::Result<()> {
+        self.0.restart()
+    }
 }
 
 pub(super) async fn push_image(
