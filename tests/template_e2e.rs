@@ -44,10 +44,24 @@ fn importing_the_same_source_twice_gives_the_same_digest() {
     let tar = rootfs_tar().unwrap();
     let a = Env::new();
     let b = Env::new();
-    let da = a.ok(&["template", "import", tar.to_str().unwrap(), &format!("oci:{}:t", a.path("layout").display())]);
-    let db = b.ok(&["template", "import", tar.to_str().unwrap(), &format!("oci:{}:t", b.path("layout").display())]);
+    let da = a.ok(&[
+        "template",
+        "import",
+        tar.to_str().unwrap(),
+        &format!("oci:{}:t", a.path("layout").display()),
+    ]);
+    let db = b.ok(&[
+        "template",
+        "import",
+        tar.to_str().unwrap(),
+        &format!("oci:{}:t", b.path("layout").display()),
+    ]);
     assert_eq!(da.trim(), db.trim());
-    assert_eq!(da.trim(), template(), "the registry import has the same digest");
+    assert_eq!(
+        da.trim(),
+        template(),
+        "the registry import has the same digest"
+    );
 }
 
 #[test]
@@ -76,7 +90,9 @@ fn docker_podman_and_skopeo_accept_the_template() {
         return;
     }
     let digest = template();
-    let insp = sh_ok(&format!("skopeo inspect --tls-verify=false docker://{TEMPLATE}"));
+    let insp = sh_ok(&format!(
+        "skopeo inspect --tls-verify=false docker://{TEMPLATE}"
+    ));
     assert!(insp.contains(&digest), "{insp}");
     sh_ok(&format!(
         "skopeo copy --src-tls-verify=false docker://{TEMPLATE} oci:{}:x",
@@ -84,12 +100,16 @@ fn docker_podman_and_skopeo_accept_the_template() {
     ));
     if has_socket("/var/run/docker.sock") {
         sh_ok(&format!("docker pull -q {TEMPLATE}"));
-        let os = sh_ok(&format!("docker run --rm --network none {TEMPLATE} cat /etc/os-release"));
+        let os = sh_ok(&format!(
+            "docker run --rm --network none {TEMPLATE} cat /etc/os-release"
+        ));
         assert!(os.contains("bookworm"), "{os}");
     }
     if has_socket("/run/podman/podman.sock") {
         sh_ok(&format!("podman pull -q {TEMPLATE}"));
-        let os = sh_ok(&format!("podman run --rm --network none {TEMPLATE} cat /etc/os-release"));
+        let os = sh_ok(&format!(
+            "podman run --rm --network none {TEMPLATE} cat /etc/os-release"
+        ));
         assert!(os.contains("bookworm"), "{os}");
     }
 }
@@ -102,7 +122,9 @@ fn tplbuild_reads_what_docker_pushes() {
     template();
     sh_ok(&format!("docker pull -q {TEMPLATE}"));
     let pushed = format!("{REGISTRY}/interop/docker-pushed:1");
-    sh_ok(&format!("docker tag {TEMPLATE} {pushed} && docker push -q {pushed}"));
+    sh_ok(&format!(
+        "docker tag {TEMPLATE} {pushed} && docker push -q {pushed}"
+    ));
     let env = Env::new();
     let json = env.ok(&["template", "inspect", &pushed, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -126,7 +148,13 @@ fn a_folder_that_is_not_a_rootfs_is_refused_without_force() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("os-release"), "{err}");
     assert!(err.contains("--force"), "{err}");
-    let out = env.run(&["template", "import", "--force", src.to_str().unwrap(), &dest]);
+    let out = env.run(&[
+        "template",
+        "import",
+        "--force",
+        src.to_str().unwrap(),
+        &dest,
+    ]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
@@ -137,7 +165,11 @@ fn a_missing_tag_is_a_clear_error() {
         return;
     }
     let env = Env::new();
-    let out = env.run(&["template", "inspect", &format!("{REGISTRY}/platform/base:no-such-tag")]);
+    let out = env.run(&[
+        "template",
+        "inspect",
+        &format!("{REGISTRY}/platform/base:no-such-tag"),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-tag"), "{err}");

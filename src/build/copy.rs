@@ -128,7 +128,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fs_err::create_dir_all(d.path().join("overlay/etc")).unwrap();
         fs_err::write(d.path().join("overlay/etc/motd"), "hi").unwrap();
-        let attrs = CopyAttrs { uid: 5, gid: 6, chmod: Some(0o600), mtime: 0 };
+        let attrs = CopyAttrs {
+            uid: 5,
+            gid: 6,
+            chmod: Some(0o600),
+            mtime: 0,
+        };
         let mut buf = vec![];
         write_copy_tar(d.path(), &["overlay/".into()], "/", &attrs, &mut buf).unwrap();
         assert_eq!(
@@ -141,9 +146,21 @@ mod tests {
     fn a_file_goes_to_dest_or_into_a_dest_folder() {
         let d = tempfile::tempdir().unwrap();
         fs_err::write(d.path().join("app.conf"), "x").unwrap();
-        let attrs = CopyAttrs { uid: 0, gid: 0, chmod: None, mtime: 0 };
+        let attrs = CopyAttrs {
+            uid: 0,
+            gid: 0,
+            chmod: None,
+            mtime: 0,
+        };
         let mut a = vec![];
-        write_copy_tar(d.path(), &["app.conf".into()], "/etc/app/app.conf", &attrs, &mut a).unwrap();
+        write_copy_tar(
+            d.path(),
+            &["app.conf".into()],
+            "/etc/app/app.conf",
+            &attrs,
+            &mut a,
+        )
+        .unwrap();
         assert_eq!(names(&a)[0].0, "etc/app/app.conf");
         let mut b = vec![];
         write_copy_tar(d.path(), &["app.conf".into()], "/etc/app/", &attrs, &mut b).unwrap();

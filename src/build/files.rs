@@ -19,16 +19,25 @@ pub fn read_files(
     let mut found = BTreeMap::new();
     let mut hidden: BTreeSet<String> = BTreeSet::new();
     for layer in image.layers().iter().rev() {
-        if wanted.iter().all(|w| found.contains_key(*w) || hidden.contains(*w)) {
+        if wanted
+            .iter()
+            .all(|w| found.contains_key(*w) || hidden.contains(*w))
+        {
             break;
         }
-        let blob = store.open_blob(&layer.digest).map_err(std::io::Error::other)?;
+        let blob = store
+            .open_blob(&layer.digest)
+            .map_err(std::io::Error::other)?;
         let mut tar = tar::Archive::new(crate::layer::decompress(blob)?);
         let mut this_layer: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut this_hidden = vec![];
         for entry in tar.entries()? {
             let mut entry = entry?;
-            let path = entry.path()?.to_string_lossy().trim_start_matches("./").to_string();
+            let path = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
             let (dir, name) = match path.rsplit_once('/') {
                 Some((d, n)) => (format!("{d}/"), n.to_string()),
                 None => (String::new(), path.clone()),
@@ -85,7 +94,8 @@ mod tests {
 
     #[test]
     fn lookup_by_name_or_number() {
-        let passwd = b"root:x:0:0:root:/root:/bin/bash\nsshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n";
+        let passwd =
+            b"root:x:0:0:root:/root:/bin/bash\nsshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n";
         assert_eq!(lookup_id(Some(passwd), "sshd"), Some(101));
         assert_eq!(lookup_id(Some(passwd), "42"), Some(42));
         assert_eq!(lookup_id(Some(passwd), "nobody"), None);

@@ -108,17 +108,23 @@ pub async fn build(
                 (rec, "HIT", vec![])
             }
             None => {
-                let reasons = explain::reasons(
-                    &step.text,
-                    previous.get(step.number - 1),
-                    &inputs,
-                );
+                let reasons = explain::reasons(&step.text, previous.get(step.number - 1), &inputs);
                 if runner.is_none() {
                     runner = Some(run::Runner::connect(opts, progress).await?);
                 }
                 let r = runner.as_mut().expect("connected above");
                 let rec = r
-                    .run_step(store, client, plan, step, &image, &key, inputs.clone(), progress, &signals)
+                    .run_step(
+                        store,
+                        client,
+                        plan,
+                        step,
+                        &image,
+                        &key,
+                        inputs.clone(),
+                        progress,
+                        &signals,
+                    )
                     .await?;
                 runs += 1;
                 let notes = if opts.no_cache {
@@ -177,12 +183,17 @@ fn finalize(store: &Store, plan: &Plan, image: &Image) -> anyhow::Result<Image> 
     let mut annotations: BTreeMap<String, String> = base
         .annotations()
         .iter()
-        .filter(|(k, _)| k.starts_with("dev.tplbuild.template.") || k.starts_with("org.opencontainers.image."))
+        .filter(|(k, _)| {
+            k.starts_with("dev.tplbuild.template.") || k.starts_with("org.opencontainers.image.")
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let created = crate::template::rfc3339(plan.epoch);
     annotations.insert(keys::CREATED.into(), created.clone());
-    annotations.insert(keys::BASE_NAME.into(), plan.buildfile.from.reference.clone());
+    annotations.insert(
+        keys::BASE_NAME.into(),
+        plan.buildfile.from.reference.clone(),
+    );
     annotations.insert(keys::BASE_DIGEST.into(), base.digest().to_string());
     if image.layers().len() > base.layers().len() {
         let status = files::read_files(store, image, &["var/lib/dpkg/status"])?;

@@ -47,7 +47,10 @@ impl Runner {
         );
         match engine.cleanup_leftovers().await {
             Ok(0) => {}
-            Ok(n) => progress.note("cleanup", &format!("removed {n} container(s) left by an interrupted tplbuild")),
+            Ok(n) => progress.note(
+                "cleanup",
+                &format!("removed {n} container(s) left by an interrupted tplbuild"),
+            ),
             Err(e) => progress.warn(&format!("could not look for leftover containers: {e}")),
         }
         Ok(Runner {
@@ -59,7 +62,13 @@ impl Runner {
 
     /// Make the engine hold exactly `image`'s layers under a tag derived
     /// from its digest; load it only if the engine does not have it.
-    async fn ensure_state(&self, store: &Store, client: &Client, plan: &Plan, image: &Image) -> anyhow::Result<String> {
+    async fn ensure_state(
+        &self,
+        store: &Store,
+        client: &Client,
+        plan: &Plan,
+        image: &Image,
+    ) -> anyhow::Result<String> {
         let tag = format!("tplbuild/state:{}", image.digest().hex());
         if self.engine.has_image(&tag).await? {
             return Ok(tag);
@@ -71,7 +80,10 @@ impl Runner {
         for (desc, diff_id) in image.layers().iter().zip(image.diff_ids()) {
             layers.push(LoadLayer {
                 blob_path: store.blob_path(&desc.digest),
-                compression: desc.media().layer_compression().unwrap_or(Compression::Gzip),
+                compression: desc
+                    .media()
+                    .layer_compression()
+                    .unwrap_or(Compression::Gzip),
                 diff_id: diff_id.clone(),
                 uncompressed_size: uncompressed_size(store, desc, diff_id)?,
             });
@@ -80,10 +92,9 @@ impl Runner {
             config_json: image.config_bytes.clone(),
             layers,
         };
-        self.engine
-            .load_image(&tag, &spec)
-            .await
-            .with_context(|| format!("loading the parent image into {}", self.engine.info().kind))?;
+        self.engine.load_image(&tag, &spec).await.with_context(|| {
+            format!("loading the parent image into {}", self.engine.info().kind)
+        })?;
         Ok(tag)
     }
 
@@ -106,7 +117,10 @@ impl Runner {
             text: step.text.clone(),
             source: e,
         };
-        let tag = self.ensure_state(store, client, plan, parent).await.map_err(wrap)?;
+        let tag = self
+            .ensure_state(store, client, plan, parent)
+            .await
+            .map_err(wrap)?;
         let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if step.kind.uses_apt() {
             env.push("DEBIAN_FRONTEND=noninteractive".into());
@@ -117,7 +131,11 @@ impl Runner {
             script: step.kind.script(),
             network: self.network,
         };
-        let container = self.engine.create(&spec).await.map_err(|e| wrap(e.into()))?;
+        let container = self
+            .engine
+            .create(&spec)
+            .await
+            .map_err(|e| wrap(e.into()))?;
         self.containers_created += 1;
         // From here on the container is removed on every path.
         let result = tokio::select! {
@@ -163,8 +181,14 @@ impl Runner {
                     mtime: plan.epoch.max(0) as u64,
                 };
                 let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
-                super::copy::write_copy_tar(&plan.buildfile.context, sources, dest, &attrs, &mut tmp)
-                    .context("reading the COPY sources (did they change after planning?)")?;
+                super::copy::write_copy_tar(
+                    &plan.buildfile.context,
+                    sources,
+                    dest,
+                    &attrs,
+                    &mut tmp,
+                )
+                .context("reading the COPY sources (did they change after planning?)")?;
                 tmp.flush()?;
                 let file = tokio::fs::File::open(tmp.path()).await?;
                 self.engine
@@ -223,12 +247,20 @@ impl Runner {
         })
         .await??;
         let uncompressed = if uncompressed == 0 {
-            let desc = Descriptor::new(written.media_type.clone(), written.digest.clone(), written.size);
+            let desc = Descriptor::new(
+                written.media_type.clone(),
+                written.digest.clone(),
+                written.size,
+            );
             uncompressed_size(store, &desc, &written.diff_id)?
         } else {
             uncompressed
         };
-        let desc = Descriptor::new(written.media_type.clone(), written.digest.clone(), written.size);
+        let desc = Descriptor::new(
+            written.media_type.clone(),
+            written.digest.clone(),
+            written.size,
+        );
         let rec = record_for(
             key,
             desc,
@@ -261,7 +293,11 @@ fn resolve_chown(store: &Store, image: &Image, chown: Option<&str>) -> anyhow::R
 
 /// The uncompressed size of a stored layer (needed to stream it into an
 /// engine as a tar entry), measured once and remembered by diff_id.
-pub fn uncompressed_size(store: &Store, desc: &Descriptor, diff_id: &Digest) -> anyhow::Result<u64> {
+pub fn uncompressed_size(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+) -> anyhow::Result<u64> {
     let note = Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes());
     if let Some(n) = store.get_note(&note).and_then(|v| v.as_u64()) {
         return Ok(n);

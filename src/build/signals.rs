@@ -34,7 +34,9 @@ impl Signals {
                         eprintln!("second interrupt: exiting now");
                         std::process::exit(130);
                     }
-                    eprintln!("interrupt: stopping the step and cleaning up (Ctrl-C again to force)");
+                    eprintln!(
+                        "interrupt: stopping the step and cleaning up (Ctrl-C again to force)"
+                    );
                     let _ = tx.send(130);
                 }
             });
@@ -42,7 +44,9 @@ impl Signals {
         {
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                if let Ok(mut s) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
                     if s.recv().await.is_some() {
                         let _ = tx.send(143);
                     }
@@ -54,8 +58,14 @@ impl Signals {
 
     fn current(&self) -> Option<Interrupted> {
         match *self.rx.borrow() {
-            130 => Some(Interrupted { name: "Ctrl-C", exit_code: 130 }),
-            143 => Some(Interrupted { name: "SIGTERM", exit_code: 143 }),
+            130 => Some(Interrupted {
+                name: "Ctrl-C",
+                exit_code: 130,
+            }),
+            143 => Some(Interrupted {
+                name: "SIGTERM",
+                exit_code: 143,
+            }),
             _ => None,
         }
     }

@@ -35,7 +35,12 @@ use crate::transfer;
 #[derive(Debug, Args)]
 pub struct BuildfileArgs {
     /// The Buildfile; its folder is the context COPY reads from.
-    #[arg(short = 'f', long = "file", default_value = "Buildfile", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "Buildfile",
+        value_name = "FILE"
+    )]
     pub file: PathBuf,
     /// Set an ARG (repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE")]
@@ -46,9 +51,11 @@ pub struct BuildfileArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Each step is shown with its location, its key and HIT (already built) \
+#[command(
+    after_help = "Each step is shown with its location, its key and HIT (already built) \
     or MISS with the reason, compared with the previous build of the same Buildfile.\n\n\
-    Example:\n  tplbuild plan -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000")]
+    Example:\n  tplbuild plan -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000"
+)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub bf: BuildfileArgs,
@@ -93,9 +100,9 @@ fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             // `--build-arg NAME` takes the value from the environment, like Docker.
-            _ => std::env::var(kv)
-                .map(|v| (kv.clone(), v))
-                .map_err(|_| Failure::bad_input(format!("--build-arg {kv:?} is not NAME=VALUE")).into()),
+            _ => std::env::var(kv).map(|v| (kv.clone(), v)).map_err(|_| {
+                Failure::bad_input(format!("--build-arg {kv:?} is not NAME=VALUE")).into()
+            }),
         })
         .collect()
 }
@@ -104,9 +111,10 @@ fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
 async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
     let args = parse_build_args(&a.build_args)?;
     let bf = buildfile::parse_file(&a.file, &args).map_err(|diags| {
-        anyhow::Error::new(Failure::bad_input(format!("{diags}")).with_hint(
-            "fix the Buildfile; docs/buildfile.md describes every instruction",
-        ))
+        anyhow::Error::new(
+            Failure::bad_input(format!("{diags}"))
+                .with_hint("fix the Buildfile; docs/buildfile.md describes every instruction"),
+        )
     })?;
     let platform = parse_platform(a.platform.as_deref())?;
     let target = parse_target(&bf.from.reference)?;
@@ -133,7 +141,8 @@ async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
             .context("fetching the template's layers to read its apt sources")?;
         let store = ctx.store.clone();
         let image = base.image.clone();
-        let sources = tokio::task::spawn_blocking(move || apt::sources_in_image(&store, &image)).await??;
+        let sources =
+            tokio::task::spawn_blocking(move || apt::sources_in_image(&store, &image)).await??;
         apt::archive_state(&sources).await
     } else {
         BTreeMap::new()
@@ -161,15 +170,21 @@ pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
                     }
                     None => {
                         let inputs = plan.recorded_inputs(step, p);
-                        let reasons = plan::explain::reasons(&step.text, previous.get(step.number - 1), &inputs);
+                        let reasons = plan::explain::reasons(
+                            &step.text,
+                            previous.get(step.number - 1),
+                            &inputs,
+                        );
                         parent = None;
                         first_miss = Some(step.number);
                         json!({"step": step.number, "location": loc, "instruction": step.text, "key": key.to_string(), "status": "MISS", "reasons": reasons})
                     }
                 }
             }
-            None => json!({"step": step.number, "location": loc, "instruction": step.text, "key": null, "status": "MISS",
-                "reasons": [format!("after step {}", first_miss.unwrap_or(0))]}),
+            None => {
+                json!({"step": step.number, "location": loc, "instruction": step.text, "key": null, "status": "MISS",
+                "reasons": [format!("after step {}", first_miss.unwrap_or(0))]})
+            }
         };
         rows.push(row);
     }
@@ -186,7 +201,10 @@ pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
     }
     println!("FROM {}", plan.base.pinned);
     for r in &rows {
-        let key = r["key"].as_str().map(|k| k[7..19].to_string()).unwrap_or_else(|| "-".repeat(12));
+        let key = r["key"]
+            .as_str()
+            .map(|k| k[7..19].to_string())
+            .unwrap_or_else(|| "-".repeat(12));
         let status = match (r["status"].as_str(), r["source"].as_str()) {
             (Some("HIT"), Some(src)) => format!("HIT ({src})"),
             (Some(s), _) => s.to_string(),
@@ -262,12 +280,15 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
         progress.note("tag", &format!("published {t}@{d}"));
     }
     if !outputs.is_empty() {
-        transfer::ensure_blobs(&ctx.store, &client, &plan.base.source, built.image.layers()).await?;
+        transfer::ensure_blobs(&ctx.store, &client, &plan.base.source, built.image.layers())
+            .await?;
         let store = ctx.store.clone();
         let image = built.image.clone();
         let epoch = plan.epoch;
-        let reports = tokio::task::spawn_blocking(move || crate::export::export_all(&store, &image, &outputs, epoch))
-            .await??;
+        let reports = tokio::task::spawn_blocking(move || {
+            crate::export::export_all(&store, &image, &outputs, epoch)
+        })
+        .await??;
         for r in reports {
             progress.note(
                 "export",

@@ -105,8 +105,9 @@ pub struct Context {
 impl Context {
     pub fn new(global: GlobalArgs) -> anyhow::Result<Self> {
         let home = global.home.clone().unwrap_or_else(Store::default_home);
-        let store = Store::open(&home)
-            .map_err(|e| anyhow::anyhow!(e).context(format!("opening the store at {}", home.display())))?;
+        let store = Store::open(&home).map_err(|e| {
+            anyhow::anyhow!(e).context(format!("opening the store at {}", home.display()))
+        })?;
         Ok(Context { store, global })
     }
 

@@ -29,7 +29,11 @@ pub fn sources_in_image(store: &Store, image: &Image) -> std::io::Result<Vec<Apt
         let mut tar = tar::Archive::new(crate::layer::decompress(blob)?);
         for entry in tar.entries()? {
             let mut entry = entry?;
-            let path = entry.path()?.to_string_lossy().trim_start_matches("./").to_string();
+            let path = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
             let wanted = path == "etc/apt/sources.list"
                 || (path.starts_with("etc/apt/sources.list.d/")
                     && (path.ends_with(".list") || path.ends_with(".sources")));

@@ -36,7 +36,11 @@ pub fn save(store: &Store, buildfile: &Path, steps: &[RecordedStep]) {
 }
 
 /// Human reasons why `now` differs from `before` ("COPY overlay/: etc/motd changed").
-pub fn reasons(text: &str, before: Option<&RecordedStep>, now: &BTreeMap<String, String>) -> Vec<String> {
+pub fn reasons(
+    text: &str,
+    before: Option<&RecordedStep>,
+    now: &BTreeMap<String, String>,
+) -> Vec<String> {
     let Some(before) = before else {
         return vec!["not built before".into()];
     };
@@ -44,14 +48,18 @@ pub fn reasons(text: &str, before: Option<&RecordedStep>, now: &BTreeMap<String,
         return vec![format!("the instruction changed (was `{}`)", before.text)];
     }
     let mut out = vec![];
-    let keys: std::collections::BTreeSet<&String> = before.inputs.keys().chain(now.keys()).collect();
+    let keys: std::collections::BTreeSet<&String> =
+        before.inputs.keys().chain(now.keys()).collect();
     for k in keys {
         let (a, b) = (before.inputs.get(k), now.get(k));
         if a == b {
             continue;
         }
         let what = match k.as_str() {
-            "from" => format!("FROM now points to {}", b.map(String::as_str).unwrap_or("?")),
+            "from" => format!(
+                "FROM now points to {}",
+                b.map(String::as_str).unwrap_or("?")
+            ),
             "parent" => "an earlier layer changed".to_string(),
             "env" => "ENV changed".to_string(),
             "epoch" => "SOURCE_DATE_EPOCH changed".to_string(),
@@ -94,15 +102,27 @@ mod tests {
             key: Digest::of(b"k"),
             inputs: BTreeMap::from([
                 ("copy:overlay/etc/motd".into(), "file 644 a".into()),
-                ("apt:http://deb.debian.org/debian bookworm-updates".into(), "x".into()),
+                (
+                    "apt:http://deb.debian.org/debian bookworm-updates".into(),
+                    "x".into(),
+                ),
             ]),
         };
         let now = BTreeMap::from([
             ("copy:overlay/etc/motd".into(), "file 644 b".into()),
-            ("apt:http://deb.debian.org/debian bookworm-updates".into(), "y".into()),
+            (
+                "apt:http://deb.debian.org/debian bookworm-updates".into(),
+                "y".into(),
+            ),
         ]);
         let r = reasons("COPY overlay/ /", Some(&before), &now);
-        assert_eq!(r, vec!["archive bookworm-updates changed", "overlay/etc/motd changed"]);
+        assert_eq!(
+            r,
+            vec![
+                "archive bookworm-updates changed",
+                "overlay/etc/motd changed"
+            ]
+        );
         assert_eq!(reasons("X", None, &now), vec!["not built before"]);
     }
 }

@@ -12,11 +12,18 @@ use sha2::Digest as _;
 
 /// One `copy:<source>/<path>` entry per file, dir and symlink under each
 /// source, with value `<type> <mode> <content digest | link target>`.
-pub fn copy_inputs(context: &Path, sources: &[String]) -> std::io::Result<BTreeMap<String, String>> {
+pub fn copy_inputs(
+    context: &Path,
+    sources: &[String],
+) -> std::io::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for src in sources {
         let path = context.join(src);
-        walk(&path, &format!("copy:{}", src.trim_end_matches('/')), &mut out)?;
+        walk(
+            &path,
+            &format!("copy:{}", src.trim_end_matches('/')),
+            &mut out,
+        )?;
     }
     Ok(out)
 }
@@ -27,7 +34,10 @@ fn walk(path: &Path, name: &str, out: &mut BTreeMap<String, String>) -> std::io:
     let ft = meta.file_type();
     if ft.is_symlink() {
         let target = fs_err::read_link(path)?;
-        out.insert(name.to_string(), format!("symlink {mode:o} {}", target.display()));
+        out.insert(
+            name.to_string(),
+            format!("symlink {mode:o} {}", target.display()),
+        );
     } else if ft.is_dir() {
         out.insert(name.to_string(), format!("dir {mode:o}"));
         let mut children: Vec<_> = fs_err::read_dir(path)?
@@ -44,7 +54,10 @@ fn walk(path: &Path, name: &str, out: &mut BTreeMap<String, String>) -> std::io:
             format!("file {mode:o} {}", file_digest(path)?),
         );
     } else {
-        out.insert(name.to_string(), format!("special {mode:o} {}", meta.rdev()));
+        out.insert(
+            name.to_string(),
+            format!("special {mode:o} {}", meta.rdev()),
+        );
     }
     Ok(())
 }
@@ -72,7 +85,11 @@ pub struct AptSource {
 
 impl AptSource {
     pub fn in_release_url(&self) -> String {
-        format!("{}/dists/{}/InRelease", self.uri.trim_end_matches('/'), self.suite)
+        format!(
+            "{}/dists/{}/InRelease",
+            self.uri.trim_end_matches('/'),
+            self.suite
+        )
     }
 }
 
@@ -147,7 +164,10 @@ mod tests {
         let s = "# comment\ndeb [arch=amd64 signed-by=/x.gpg] http://deb.debian.org/debian bookworm main\ndeb-src http://x y z\ndeb http://security.debian.org/debian-security bookworm-security main # tail\n";
         let got = parse_sources_list(s);
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].in_release_url(), "http://deb.debian.org/debian/dists/bookworm/InRelease");
+        assert_eq!(
+            got[0].in_release_url(),
+            "http://deb.debian.org/debian/dists/bookworm/InRelease"
+        );
         assert_eq!(got[1].suite, "bookworm-security");
     }
 
@@ -169,7 +189,10 @@ mod tests {
         let a = copy_inputs(ctx, &srcs).unwrap();
         assert!(a.contains_key("copy:overlay/etc/motd"), "{a:?}");
         // mtime only
-        let f = fs_err::File::options().write(true).open(ctx.join("overlay/etc/motd")).unwrap();
+        let f = fs_err::File::options()
+            .write(true)
+            .open(ctx.join("overlay/etc/motd"))
+            .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(a, copy_inputs(ctx, &srcs).unwrap());
         // one byte
@@ -177,7 +200,11 @@ mod tests {
         let b = copy_inputs(ctx, &srcs).unwrap();
         assert_ne!(a["copy:overlay/etc/motd"], b["copy:overlay/etc/motd"]);
         // mode
-        fs_err::set_permissions(ctx.join("overlay/etc/motd"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        fs_err::set_permissions(
+            ctx.join("overlay/etc/motd"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         assert_ne!(b, copy_inputs(ctx, &srcs).unwrap());
     }
 }

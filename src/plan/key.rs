@@ -40,7 +40,12 @@ pub fn canonical_bytes(k: &KeyInputs<'_>) -> Vec<u8> {
     doc.insert("format", json!(CACHE_FORMAT));
     doc.insert(
         "parent",
-        Value::Array(k.parent.iter().map(|d| Value::String(d.to_string())).collect()),
+        Value::Array(
+            k.parent
+                .iter()
+                .map(|d| Value::String(d.to_string()))
+                .collect(),
+        ),
     );
     doc.insert("platform", json!(k.platform));
     doc.insert("epoch", json!(k.epoch));
@@ -68,7 +73,8 @@ fn sorted(m: &BTreeMap<String, String>) -> Value {
 fn sort_value(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
-            let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort_value(v))).collect();
+            let sorted: BTreeMap<&String, Value> =
+                m.iter().map(|(k, v)| (k, sort_value(v))).collect();
             Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
         }
         Value::Array(a) => Value::Array(a.iter().map(sort_value).collect()),
@@ -136,14 +142,50 @@ mod tests {
         let base = sample(&parent, &env, &inputs);
         let k0 = step_key(&base);
         let other_parent = [Digest::of(b"q")];
-        assert_ne!(k0, step_key(&KeyInputs { parent: &other_parent, ..base.clone() }));
-        assert_ne!(k0, step_key(&KeyInputs { epoch: 1, ..base.clone() }));
-        assert_ne!(k0, step_key(&KeyInputs { platform: "linux/arm64", ..base.clone() }));
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                parent: &other_parent,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                epoch: 1,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                platform: "linux/arm64",
+                ..base.clone()
+            })
+        );
         let env2 = BTreeMap::from([("X".to_string(), "y".to_string())]);
-        assert_ne!(k0, step_key(&KeyInputs { env: &env2, ..base.clone() }));
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                env: &env2,
+                ..base.clone()
+            })
+        );
         let in2 = BTreeMap::from([("copy:a".to_string(), "d".to_string())]);
-        assert_ne!(k0, step_key(&KeyInputs { inputs: &in2, ..base.clone() }));
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                inputs: &in2,
+                ..base.clone()
+            })
+        );
         let keep = ["machine-id".to_string()];
-        assert_ne!(k0, step_key(&KeyInputs { keep: &keep, ..base.clone() }));
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                keep: &keep,
+                ..base.clone()
+            })
+        );
     }
 }

@@ -41,15 +41,22 @@ pub struct Step {
 
 #[derive(Debug, Clone)]
 pub enum StepKind {
-    Install { packages: Vec<String>, recommends: bool },
-    Remove { packages: Vec<String> },
+    Install {
+        packages: Vec<String>,
+        recommends: bool,
+    },
+    Remove {
+        packages: Vec<String>,
+    },
     Copy {
         sources: Vec<String>,
         dest: String,
         chown: Option<String>,
         chmod: Option<u32>,
     },
-    Run { script: String },
+    Run {
+        script: String,
+    },
 }
 
 impl StepKind {
@@ -61,7 +68,11 @@ impl StepKind {
                 recommends,
             } => Some(format!(
                 "set -e; apt-get update -qq; apt-get install -y {}{}",
-                if *recommends { "" } else { "--no-install-recommends " },
+                if *recommends {
+                    ""
+                } else {
+                    "--no-install-recommends "
+                },
                 packages.join(" ")
             )),
             StepKind::Remove { packages } => {
@@ -110,7 +121,10 @@ impl Plan {
     pub fn recorded_inputs(&self, step: &Step, parent: &[Digest]) -> BTreeMap<String, String> {
         let mut m = step.inputs.clone();
         m.insert("from".into(), self.base.pinned.clone());
-        m.insert("parent".into(), Digest::of(format!("{parent:?}").as_bytes()).to_string());
+        m.insert(
+            "parent".into(),
+            Digest::of(format!("{parent:?}").as_bytes()).to_string(),
+        );
         m.insert("definition".into(), step.definition.to_string());
         m.insert(
             "env".into(),

@@ -16,7 +16,10 @@ pub(super) async fn resolve(
     let resolved = client.resolve_image(r, platform).await?;
     store.put_bytes(&resolved.manifest.bytes)?;
     store.put_bytes(&resolved.config_bytes)?;
-    let image = Image::from_parts(resolved.manifest.bytes.clone(), resolved.config_bytes.clone())?;
+    let image = Image::from_parts(
+        resolved.manifest.bytes.clone(),
+        resolved.config_bytes.clone(),
+    )?;
     let pinned = r.with_digest(image.digest());
     Ok(Resolved {
         pinned: pinned.to_string(),
@@ -74,7 +77,12 @@ pub(super) async fn push_image(
     let target = if r.digest.is_some() && r.tag.is_none() {
         r.clone()
     } else {
-        Reference { digest: None, ..r.clone() }
+        Reference {
+            digest: None,
+            ..r.clone()
+        }
     };
-    Ok(client.put_manifest(&target, &image.manifest_bytes, &media).await?)
+    Ok(client
+        .put_manifest(&target, &image.manifest_bytes, &media)
+        .await?)
 }

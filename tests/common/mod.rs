@@ -20,8 +20,7 @@ pub fn rootfs_tar() -> Option<PathBuf> {
 
 /// True when the test bed is up; otherwise the test prints why it skips.
 pub fn testbed(what: &str) -> bool {
-    let up = rootfs_tar().is_some()
-        && std::net::TcpStream::connect(REGISTRY).is_ok();
+    let up = rootfs_tar().is_some() && std::net::TcpStream::connect(REGISTRY).is_ok();
     if !up {
         eprintln!("skipping {what}: the test bed is not up (run scripts/testbed)");
         if std::env::var_os("CI").is_some() {
@@ -43,7 +42,10 @@ pub struct Env {
 impl Env {
     pub fn new() -> Self {
         Env {
-            dir: tempfile::Builder::new().prefix("tplbuild-test-").tempdir_in(scratch()).unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("tplbuild-test-")
+                .tempdir_in(scratch())
+                .unwrap(),
         }
     }
 
