@@ -84,6 +84,7 @@ pub(crate) struct SinkDigests {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
+    pub tar_size: u64,
 }
 
 impl<W: Write> LayerSink<W> {
@@ -108,7 +109,7 @@ impl<W: Write> LayerSink<W> {
 
     pub fn finish(self) -> io::Result<SinkDigests> {
         let tar = self.inner.into_inner().map_err(|e| e.into_error())?;
-        let (enc, diff_id, _) = tar.finish();
+        let (enc, diff_id, tar_size) = tar.finish();
         let blob = match enc {
             Encoder::Plain(w) => w,
             Encoder::Gzip(w) => w.finish()?,
@@ -120,6 +121,7 @@ impl<W: Write> LayerSink<W> {
             digest,
             diff_id,
             size,
+            tar_size,
         })
     }
 }
@@ -159,6 +161,7 @@ mod tests {
                 .unwrap();
             assert_eq!(plain, b"layer bytes ".repeat(1000), "{c:?}");
             assert_eq!(d.diff_id, Digest::of(&plain));
+            assert_eq!(d.tar_size, plain.len() as u64);
         }
     }
 

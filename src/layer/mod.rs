@@ -113,6 +113,8 @@ pub struct WrittenLayer {
     pub diff_id: Digest,
     /// Compressed size in bytes.
     pub size: u64,
+    /// Size of the uncompressed tar, so nobody has to decompress to learn it.
+    pub uncompressed_size: u64,
     /// OCI layer media type for the compression used.
     pub media_type: String,
     pub report: LayerReport,

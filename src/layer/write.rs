@@ -134,6 +134,7 @@ fn write_tree(
         digest: d.digest,
         diff_id: d.diff_id,
         size: d.size,
+        uncompressed_size: d.tar_size,
         media_type: media_type(opts.compression).to_string(),
         report,
     })
