@@ -8,7 +8,7 @@
 
 pub mod copy;
 pub mod files;
-mod run;
+pub mod run;
 mod signals;
 
 use std::collections::BTreeMap;

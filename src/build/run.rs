@@ -239,23 +239,15 @@ impl Runner {
             exclude: ENGINE_PATHS.iter().map(|s| s.to_string()).collect(),
         };
         let store2 = store.clone();
-        let (written, uncompressed) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut w = store2.blob_writer()?;
             let written = layer::write_overlay_upper(&upper, &mut w, &opts)?;
             w.commit(Some((&written.digest, written.size)))?;
-            Ok((written, 0u64))
+            Ok(written)
         })
         .await??;
-        let uncompressed = if uncompressed == 0 {
-            let desc = Descriptor::new(
-                written.media_type.clone(),
-                written.digest.clone(),
-                written.size,
-            );
-            uncompressed_size(store, &desc, &written.diff_id)?
-        } else {
-            uncompressed
-        };
+        remember_uncompressed_size(store, &written.diff_id, written.uncompressed_size);
+        let uncompressed = written.uncompressed_size;
         let desc = Descriptor::new(
             written.media_type.clone(),
             written.digest.clone(),
@@ -289,6 +281,12 @@ fn resolve_chown(store: &Store, image: &Image, chown: Option<&str>) -> anyhow::R
     let gid = super::files::lookup_id(files.get("etc/group").map(Vec::as_slice), g)
         .with_context(|| format!("COPY --chown: no group {g:?} in the image's /etc/group"))?;
     Ok((uid, gid))
+}
+
+/// Remember a layer's uncompressed size (known when we wrote it).
+pub fn remember_uncompressed_size(store: &Store, diff_id: &Digest, size: u64) {
+    let note = Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes());
+    let _ = store.put_note(&note, &serde_json::json!(size));
 }
 
 /// The uncompressed size of a stored layer (needed to stream it into an
