@@ -135,7 +135,7 @@ pub async fn build(
                 (rec, "MISS", notes)
             }
         };
-        for s in &record.removed_secrets {
+        for s in record.removed_secrets.iter().filter(|_| status == "MISS") {
             notes.push(format!(
                 "removed per-device secret /{s} (keep it with KEEP in the Buildfile)"
             ));

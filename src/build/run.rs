@@ -26,6 +26,8 @@ pub const ENGINE_PATHS: &[&str] = &[
     "etc/hostname",
     "etc/resolv.conf",
     ".dockerenv",
+    // Podman links /etc/mtab to /proc/mounts when the image has none.
+    "etc/mtab",
 ];
 
 pub struct Runner {

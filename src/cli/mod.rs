@@ -191,12 +191,17 @@ pub fn report(err: &anyhow::Error) -> u8 {
     for cause in chain {
         eprintln!("  caused by: {cause}");
     }
-    for cause in err.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
+    // A Failure may be the error itself, a context on it, or a cause.
+    let failures = err
+        .downcast_ref::<Failure>()
+        .into_iter()
+        .chain(err.chain().filter_map(|c| c.downcast_ref::<Failure>()));
+    for f in failures {
+        if code == exit::FAILURE {
             code = f.code;
-            if hint.is_none() {
-                hint = f.hint.clone();
-            }
+        }
+        if hint.is_none() {
+            hint = f.hint.clone();
         }
     }
     if let Some(h) = hint {
