@@ -286,6 +286,11 @@ fn check_package(w: &Word, name: &str, rep: &mut Reporter) {
     }
     let hint = if name.contains(':') {
         "architecture qualifiers (`pkg:arch`) are not supported".to_string()
+    } else if validate::is_package_name(&name.to_ascii_lowercase()) {
+        format!(
+            "package names are lower-case: `{}`",
+            name.to_ascii_lowercase()
+        )
     } else if name.starts_with('-') {
         "flags go before the packages".to_string()
     } else {

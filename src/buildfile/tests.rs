@@ -358,6 +358,15 @@ fn install_without_packages_or_with_bad_names() {
 }
 
 #[test]
+fn upper_case_package_gets_the_lower_case_spelling() {
+    let e = parse_with(&format!("{FROM}INSTALL Curl\n"), &[]).unwrap_err();
+    assert_eq!(
+        e.0[0].hint.as_deref(),
+        Some("package names are lower-case: `curl`")
+    );
+}
+
+#[test]
 fn bad_chmod_and_chown() {
     assert_eq!(
         errors(&format!("{FROM}COPY --chmod=0x644 --chown=a:b:c a /\n")),
@@ -492,4 +501,23 @@ fn lone_backslash_line_is_reported_not_a_crash() {
         errors("FROM a:1\n\\\n"),
         ["2:1 line continuation `\\` is followed by the end of the file"]
     );
+}
+
+#[test]
+fn shipped_examples_parse_with_their_copy_sources() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("buildfiles");
+    for name in ["gateway", "kiosk", "minimal"] {
+        let f = parse_file(&root.join(name).join("Buildfile"), &BTreeMap::new())
+            .unwrap_or_else(|d| panic!("{name}:\n{d}"));
+        assert_eq!(f.from.reference, "127.0.0.1:5000/platform/base:1", "{name}");
+        assert_eq!(f.args["BASE"], "127.0.0.1:5000/platform/base:1", "{name}");
+    }
+    let kiosk = parse_file(&root.join("kiosk/Buildfile"), &BTreeMap::new()).unwrap();
+    assert!(kiosk.instructions.iter().any(|i| matches!(
+        &i.kind,
+        InstructionKind::Run { heredoc: true, script } if script.starts_with("set -e\nuseradd")
+    )));
+    let base = BTreeMap::from([("BASE".to_string(), "oci:out/base:2".to_string())]);
+    let minimal = parse_file(&root.join("minimal/Buildfile"), &base).unwrap();
+    assert_eq!(minimal.from.reference, "oci:out/base:2");
 }
