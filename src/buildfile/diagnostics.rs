@@ -199,12 +199,15 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `word`, if it is close enough to be a typo.
+/// Long words are never typos of short names, and skipping them keeps this
+/// cheap on hostile input.
 pub(crate) fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     if word.chars().count() > 40 {
         return None;
     }
     candidates
         .iter()
+        .filter(|c| c.len() <= 40)
         .map(|c| (edit_distance(word, c), *c))
         .filter(|(d, c)| *d <= (c.len() / 3).max(1))
         .min_by_key(|(d, _)| *d)

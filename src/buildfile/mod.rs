@@ -3,11 +3,11 @@
 //! before any container starts. `plan` turns the result into keyed steps
 //! (keys are made from the canonical `Display` text); `build` runs them.
 //!
-//! The work is split by idea: [`lexer`] makes logical lines (comments,
-//! continuations, heredocs), [`words`] splits words and expands `${ARG}`,
-//! [`parser`] enforces the file's shape (ARGs, one FROM, the rest) and
-//! [`instructions`] each instruction's words, [`validate`] knows the small
-//! syntaxes inside them, and [`context`] checks COPY sources on disk. The
+//! The work is split by idea: `lexer` makes logical lines (comments,
+//! continuations, heredocs), `words` splits words and expands `${ARG}`,
+//! `parser` enforces the file's shape (ARGs, one FROM, the rest) and
+//! `instructions` each instruction's words, `validate` knows the small
+//! syntaxes inside them, and `context` checks COPY sources on disk. The
 //! language itself is documented for users in `docs/buildfile.md`.
 
 mod ast;

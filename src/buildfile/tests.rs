@@ -521,3 +521,27 @@ fn shipped_examples_parse_with_their_copy_sources() {
     let minimal = parse_file(&root.join("minimal/Buildfile"), &base).unwrap();
     assert_eq!(minimal.from.reference, "oci:out/base:2");
 }
+
+/// Inputs that were (or could easily become) quadratic: a huge ARG used
+/// after the expansion budget ran out, and many undefined ARGs among many
+/// declared ones. The bound is loose: the point is minutes versus seconds.
+#[test]
+fn hostile_inputs_parse_in_linear_time() {
+    let mut big = String::from("ARG A0=xxxxxxxxxxxxxxxx\n");
+    for i in 1..19 {
+        big.push_str(&format!("ARG A{i}=${{A{p}}}${{A{p}}}\n", p = i - 1));
+    }
+    big.push_str("FROM a:1\n");
+    big.push_str(&"ENV a=${A18}\n".repeat(50_000));
+    let mut many = String::from("FROM a:1\n");
+    for i in 0..20_000 {
+        many.push_str(&format!("ARG N{i}=x\nENV a=${{M{i}}}\n"));
+    }
+    for src in [big, many] {
+        assert!(src.len() <= 1 << 20);
+        let start = std::time::Instant::now();
+        let e = parse_with(&src, &[]).unwrap_err();
+        assert!(!e.0.is_empty());
+        assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
+    }
+}

@@ -237,13 +237,18 @@ impl<'s> Scanner<'s> {
             self.i += 1;
         }
         let name: String = self.chars[name_start..self.i].iter().collect();
-        let value = lookup(env, &name);
+        // Only the length: values are copied once, into the output.
+        let value_len = env
+            .declared
+            .get(&name)
+            .and_then(|v| v.as_ref())
+            .map(String::len);
         let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
         match (valid, self.chars.get(self.i), self.chars.get(self.i + 1)) {
             (true, Some('}'), _) => {
                 self.i += 1;
-                match value {
-                    Some(v) => push_expansion(out, &v, self.spans[at], env, rep),
+                match value_len {
+                    Some(_) => push_arg(out, &name, self.spans[at], env, rep),
                     None => self.undefined(at, &name, env, rep),
                 }
             }
@@ -259,9 +264,9 @@ impl<'s> Scanner<'s> {
                     self.skip_to_close();
                     return;
                 }
-                let used = value.filter(|v| !v.is_empty());
+                let used = value_len.is_some_and(|l| l > 0);
                 let quiet = self.quiet;
-                self.quiet = quiet || used.is_some();
+                self.quiet = quiet || used;
                 let mut default = String::new();
                 self.scan(Mode::Default, depth + 1, &mut default, &mut None, env, rep);
                 self.quiet = quiet;
@@ -270,10 +275,11 @@ impl<'s> Scanner<'s> {
                     return;
                 }
                 self.i += 1;
-                match used {
-                    Some(v) => push_expansion(out, &v, self.spans[at], env, rep),
+                if used {
+                    push_arg(out, &name, self.spans[at], env, rep);
+                } else {
                     // The default's own expansions were paid for already.
-                    None => out.push_str(&default),
+                    out.push_str(&default);
                 }
             }
             (_, None, _) => self.unclosed(at, rep),
@@ -312,7 +318,8 @@ impl<'s> Scanner<'s> {
     }
 
     fn undefined(&self, at: usize, name: &str, env: &Env, rep: &mut Reporter) {
-        if self.quiet {
+        // Past the cap the hint search (over every ARG) would be wasted.
+        if self.quiet || rep.is_full() {
             return;
         }
         let hint = match env.declared.get(name) {
@@ -336,14 +343,17 @@ impl<'s> Scanner<'s> {
     }
 }
 
-fn lookup(env: &Env, name: &str) -> Option<String> {
-    env.declared.get(name).cloned().flatten()
-}
-
-fn push_expansion(out: &mut String, value: &str, at: Span, env: &mut Env, rep: &mut Reporter) {
-    if value.len() > env.budget {
-        if !env.exhausted {
-            env.exhausted = true;
+/// Append the value of a declared ARG, if the budget allows.
+fn push_arg(out: &mut String, name: &str, at: Span, env: &mut Env, rep: &mut Reporter) {
+    let Env {
+        declared,
+        budget,
+        exhausted,
+    } = env;
+    let value = declared.get(name).and_then(|v| v.as_deref()).unwrap_or("");
+    if value.len() > *budget {
+        if !*exhausted {
+            *exhausted = true;
             rep.error(
                 at,
                 1,
@@ -353,7 +363,7 @@ fn push_expansion(out: &mut String, value: &str, at: Span, env: &mut Env, rep: &
         }
         return;
     }
-    env.budget -= value.len();
+    *budget -= value.len();
     out.push_str(value);
 }
 
