@@ -545,3 +545,14 @@ fn hostile_inputs_parse_in_linear_time() {
         assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
     }
 }
+
+#[test]
+fn shell_arithmetic_with_spaces_is_not_a_heredoc() {
+    assert_eq!(
+        one("RUN echo $((1 << N)) >/x"),
+        InstructionKind::Run {
+            script: "echo $((1 << N)) >/x".into(),
+            heredoc: false
+        }
+    );
+}
