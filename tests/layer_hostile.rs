@@ -783,9 +783,18 @@ fn root_entry_sets_root_metadata_but_cannot_be_replaced() {
     )
     .unwrap();
     assert_eq!(fs_err::metadata(&bed.dest).unwrap().mode() & 0o7777, 0o750);
-    refused(bed.apply(tar().file(b"./", b"x").done()), "./");
+    let fifo = header(b".", EntryType::Fifo, 0o644);
+    refused(bed.apply(tar().raw(fifo, b"").done()), ".");
     refused(bed.apply(tar().symlink(b"/", b"/tmp").done()), "/");
     assert!(fs_err::symlink_metadata(&bed.dest).unwrap().is_dir());
+}
+
+#[test]
+fn v7_directory_is_a_regular_entry_with_a_trailing_slash() {
+    let Some(bed) = bed() else { return };
+    bed.apply(tar().file(b"olddir/", b"").file(b"olddir/f", b"f").done())
+        .unwrap();
+    assert!(bed.lstat("olddir").unwrap().is_dir());
 }
 
 #[test]
