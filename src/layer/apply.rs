@@ -108,7 +108,10 @@ fn components(raw: &[u8]) -> Result<Vec<&[u8]>, String> {
 impl Applier {
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), LayerError> {
         let raw = e.path_bytes().into_owned();
-        let ty = e.header().entry_type();
+        let mut ty = e.header().entry_type();
+        if ty == EntryType::Regular && raw.ends_with(b"/") {
+            ty = EntryType::Directory; // how pre-POSIX (v7) tars mark directories
+        }
         if ty.is_pax_global_extensions() {
             return Ok(()); // only ever seen carrying a comment
         }

@@ -31,8 +31,11 @@ pub(crate) struct Root {
 }
 
 impl Root {
+    /// The caller names the root, so a symlink there is followed (the
+    /// layer's own symlinks never are).
     pub fn open(path: &Path) -> io::Result<Root> {
-        let fd = openat(rustix::fs::CWD, path, DIR_FLAGS, Mode::empty())?;
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let fd = openat(rustix::fs::CWD, path, flags, Mode::empty())?;
         Ok(Root { fd })
     }
 

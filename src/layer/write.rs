@@ -203,3 +203,7 @@ fn source_err(op: &'static str, path: &Path, e: io::Error) -> LayerError {
         source: e,
     }
 }
+
+#[cfg(test)]
+#[path = "write_tests.rs"]
+mod tests;
