@@ -10,8 +10,9 @@
 pub mod build;
 pub mod buildfile;
 pub mod cli;
-pub mod image;
 pub mod engine;
+pub mod export;
+pub mod image;
 pub mod layer;
 pub mod oci;
 pub mod plan;

@@ -39,7 +39,10 @@ fn build_json(env: &Env, file: &str, extra: &[&str]) -> (Vec<Value>, Option<i32>
 }
 
 fn done(events: &[Value]) -> &Value {
-    events.iter().find(|e| e["event"] == "done").expect("a done event")
+    events
+        .iter()
+        .find(|e| e["event"] == "done")
+        .expect("a done event")
 }
 
 fn step_layers(events: &[Value]) -> Vec<String> {
@@ -69,7 +72,10 @@ fn tplbuild_containers(engine_cli: &str) -> usize {
 const SMALL: &str = "ENV GREETING=hello\nINSTALL hello\nCOPY overlay/ /\nRUN echo \"$GREETING\" > /etc/greeting && chmod 4755 /usr/bin/hello\n";
 
 fn small_files() -> Vec<(&'static str, &'static str)> {
-    vec![("overlay/etc/motd", "welcome\n"), ("overlay/etc/app/app.conf", "x=1\n")]
+    vec![
+        ("overlay/etc/motd", "welcome\n"),
+        ("overlay/etc/app/app.conf", "x=1\n"),
+    ]
 }
 
 #[test]
@@ -86,7 +92,11 @@ fn same_buildfile_gives_the_same_layers_on_docker_and_podman() {
     let (ep, code_p, _) = build_json(&p, &fp, &["--engine", "podman"]);
     assert_eq!(code_d, Some(0));
     assert_eq!(code_p, Some(0));
-    assert_eq!(step_layers(&ed), step_layers(&ep), "step layers differ between engines");
+    assert_eq!(
+        step_layers(&ed),
+        step_layers(&ep),
+        "step layers differ between engines"
+    );
     assert_eq!(done(&ed)["digest"], done(&ep)["digest"]);
 }
 
@@ -100,16 +110,42 @@ fn two_cold_builds_in_empty_stores_give_the_same_digest() {
     let b = Env::new();
     let fa = buildfile(&a, "small", SMALL, &small_files());
     let fb = buildfile(&b, "small", SMALL, &small_files());
-    let ra = a.cmd().args(["build", "-f", &fa, "--progress", "json", "--engine", "docker"])
-        .env("TZ", "UTC").output().unwrap();
-    let rb = b.cmd().args(["build", "-f", &fb, "--progress", "json", "--engine", "docker"])
+    let ra = a
+        .cmd()
+        .args([
+            "build",
+            "-f",
+            &fa,
+            "--progress",
+            "json",
+            "--engine",
+            "docker",
+        ])
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let rb = b
+        .cmd()
+        .args([
+            "build",
+            "-f",
+            &fb,
+            "--progress",
+            "json",
+            "--engine",
+            "docker",
+        ])
         .env("TZ", "Asia/Kolkata")
         .pre_exec_umask(0o077)
-        .output().unwrap();
+        .output()
+        .unwrap();
     assert!(ra.status.success() && rb.status.success());
     let last = |o: &std::process::Output| -> Value {
-        String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|e| e["event"] == "done").unwrap()
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "done")
+            .unwrap()
     };
     assert_eq!(last(&ra)["digest"], last(&rb)["digest"]);
 }
@@ -132,11 +168,9 @@ impl Umask for std::process::Command {
 }
 
 fn libc_umask(mask: u32) {
-    extern "C" {
-        fn umask(mask: u32) -> u32;
-    }
+    // SAFETY: umask only sets the process's file mode mask.
     unsafe {
-        umask(mask);
+        libc::umask(mask);
     }
 }
 
@@ -163,8 +197,12 @@ fn rebuild_hits_every_step_and_a_changed_file_reruns_only_later_steps() {
 
     // Touching mtimes changes nothing.
     let motd = Path::new(&f).parent().unwrap().join("overlay/etc/motd");
-    fs_err::File::options().write(true).open(&motd).unwrap()
-        .set_modified(std::time::SystemTime::now()).unwrap();
+    fs_err::File::options()
+        .write(true)
+        .open(&motd)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
     let (e3, _, _) = build_json(&env, &f, &["--engine", "docker"]);
     assert_eq!(statuses(&e3), ["HIT", "HIT", "HIT"]);
 
@@ -172,7 +210,11 @@ fn rebuild_hits_every_step_and_a_changed_file_reruns_only_later_steps() {
     fs_err::write(&motd, "welcomE\n").unwrap();
     let (e4, _, _) = build_json(&env, &f, &["--engine", "docker"]);
     assert_eq!(statuses(&e4), ["HIT", "MISS", "MISS"]);
-    let notes = e4.iter().find(|e| e["event"] == "step-done" && e["step"] == 2).unwrap()["notes"].to_string();
+    let notes = e4
+        .iter()
+        .find(|e| e["event"] == "step-done" && e["step"] == 2)
+        .unwrap()["notes"]
+        .to_string();
     assert!(notes.contains("etc/motd changed"), "{notes}");
     // plan explains the same.
     let plan = env.ok(&["plan", "-f", &f]);
@@ -187,12 +229,27 @@ fn ssh_host_keys_are_removed_and_reported() {
     template();
     let env = Env::new();
     let f = buildfile(&env, "ssh", "INSTALL openssh-server\n", &[]);
-    let (events, code, _) = build_json(&env, &f, &["--engine", "docker", "-o", &format!("type=oci,dest={}", env.path("oci").display())]);
+    let (events, code, _) = build_json(
+        &env,
+        &f,
+        &[
+            "--engine",
+            "docker",
+            "-o",
+            &format!("type=oci,dest={}", env.path("oci").display()),
+        ],
+    );
     assert_eq!(code, Some(0));
     let notes = events.iter().find(|e| e["event"] == "step-done").unwrap()["notes"].to_string();
-    assert!(notes.contains("ssh_host_rsa_key"), "the build must say it removed the keys: {notes}");
+    assert!(
+        notes.contains("ssh_host_rsa_key"),
+        "the build must say it removed the keys: {notes}"
+    );
     let removed = done(&events)["removed_secrets"].to_string();
-    assert!(removed.contains("etc/ssh/ssh_host_ed25519_key"), "{removed}");
+    assert!(
+        removed.contains("etc/ssh/ssh_host_ed25519_key"),
+        "{removed}"
+    );
     // No layer of the image carries a host key.
     let layers = step_layers(&events);
     let blobs = env.home().join("store-v1/blobs/sha256");
@@ -209,16 +266,28 @@ fn a_failing_run_names_the_line_and_leaves_nothing_behind() {
     }
     template();
     let env = Env::new();
-    let f = buildfile(&env, "fail", "RUN echo before\nRUN echo some output && exit 3\n", &[]);
+    let f = buildfile(
+        &env,
+        "fail",
+        "RUN echo before\nRUN echo some output && exit 3\n",
+        &[],
+    );
     let before = tplbuild_containers("docker");
     let (_, code, stderr) = build_json(&env, &f, &["--engine", "docker"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("Buildfile:3"), "{stderr}");
     assert!(stderr.contains("exit code 3"), "{stderr}");
-    assert_eq!(tplbuild_containers("docker"), before, "a container was left behind");
+    assert_eq!(
+        tplbuild_containers("docker"),
+        before,
+        "a container was left behind"
+    );
     // The failed step is not cached: it runs again.
     let (events, _, _) = build_json(&env, &f, &["--engine", "docker"]);
-    let s: Vec<_> = events.iter().filter(|e| e["event"] == "step-start").collect();
+    let s: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "step-start")
+        .collect();
     assert_eq!(s.len(), 2, "the failed step ran again");
     assert_eq!(statuses(&events), ["HIT"]);
 }
@@ -232,8 +301,17 @@ fn ctrl_c_during_a_step_removes_the_container_and_records_nothing() {
     let env = Env::new();
     let f = buildfile(&env, "slow", "RUN echo started && sleep 60\n", &[]);
     let before = tplbuild_containers("docker");
-    let mut child = env.cmd()
-        .args(["build", "-f", &f, "--progress", "plain", "--engine", "docker"])
+    let mut child = env
+        .cmd()
+        .args([
+            "build",
+            "-f",
+            &f,
+            "--progress",
+            "plain",
+            "--engine",
+            "docker",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -247,9 +325,16 @@ fn ctrl_c_during_a_step_removes_the_container_and_records_nothing() {
     sh_ok(&format!("kill -INT {}", child.id()));
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert_eq!(tplbuild_containers("docker"), before, "the step container was left behind");
+    assert_eq!(
+        tplbuild_containers("docker"),
+        before,
+        "the step container was left behind"
+    );
     let plan = env.ok(&["plan", "-f", &f]);
-    assert!(plan.contains("MISS"), "an interrupted step must not be cached: {plan}");
+    assert!(
+        plan.contains("MISS"),
+        "an interrupted step must not be cached: {plan}"
+    );
 }
 
 #[test]
@@ -261,8 +346,17 @@ fn a_container_left_by_a_killed_run_is_removed_by_the_next_run() {
     let env = Env::new();
     let f = buildfile(&env, "killed", "RUN sleep 60\n", &[]);
     let before = tplbuild_containers("docker");
-    let mut child = env.cmd()
-        .args(["build", "-f", &f, "--progress", "plain", "--engine", "docker"])
+    let mut child = env
+        .cmd()
+        .args([
+            "build",
+            "-f",
+            &f,
+            "--progress",
+            "plain",
+            "--engine",
+            "docker",
+        ])
         .spawn()
         .unwrap();
     let t0 = std::time::Instant::now();
@@ -276,7 +370,11 @@ fn a_container_left_by_a_killed_run_is_removed_by_the_next_run() {
     let g = buildfile(&env, "next", "RUN true\n", &[]);
     let (_, code, stderr) = build_json(&env, &g, &["--engine", "docker"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(tplbuild_containers("docker"), before, "the leftover was not cleaned");
+    assert_eq!(
+        tplbuild_containers("docker"),
+        before,
+        "the leftover was not cleaned"
+    );
 }
 
 #[test]
@@ -287,7 +385,11 @@ fn a_from_that_does_not_exist_is_a_clear_error() {
     let env = Env::new();
     let dir = env.path("nofrom");
     fs_err::create_dir_all(&dir).unwrap();
-    fs_err::write(dir.join("Buildfile"), format!("FROM {REGISTRY}/platform/does-not-exist:1\nRUN true\n")).unwrap();
+    fs_err::write(
+        dir.join("Buildfile"),
+        format!("FROM {REGISTRY}/platform/does-not-exist:1\nRUN true\n"),
+    )
+    .unwrap();
     let out = env.run(&["build", "-f", dir.join("Buildfile").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -303,14 +405,18 @@ fn an_engine_that_is_not_running_gets_a_hint() {
     template();
     let env = Env::new();
     let f = buildfile(&env, "down", "RUN true\n", &[]);
-    let out = env.cmd()
+    let out = env
+        .cmd()
         .args(["build", "-f", &f, "--engine", "docker", "--no-cache"])
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("dockerd") || err.contains("systemctl start docker"), "{err}");
+    assert!(
+        err.contains("dockerd") || err.contains("systemctl start docker"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -320,10 +426,24 @@ fn a_copy_source_that_vanished_after_planning_is_a_clear_error() {
     }
     template();
     let env = Env::new();
-    let f = buildfile(&env, "vanish", "RUN sleep 4\nCOPY data.txt /data.txt\n", &[("data.txt", "x")]);
+    let f = buildfile(
+        &env,
+        "vanish",
+        "RUN sleep 4\nCOPY data.txt /data.txt\n",
+        &[("data.txt", "x")],
+    );
     let data = Path::new(&f).parent().unwrap().join("data.txt");
-    let child = env.cmd()
-        .args(["build", "-f", &f, "--engine", "docker", "--progress", "plain"])
+    let child = env
+        .cmd()
+        .args([
+            "build",
+            "-f",
+            &f,
+            "--engine",
+            "docker",
+            "--progress",
+            "plain",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

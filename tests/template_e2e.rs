@@ -94,9 +94,10 @@ fn docker_podman_and_skopeo_accept_the_template() {
         "skopeo inspect --tls-verify=false docker://{TEMPLATE}"
     ));
     assert!(insp.contains(&digest), "{insp}");
+    let scratch = Env::new();
     sh_ok(&format!(
         "skopeo copy --src-tls-verify=false docker://{TEMPLATE} oci:{}:x",
-        Env::new().path("skopeo-copy").display()
+        scratch.path("skopeo-copy").display()
     ));
     if has_socket("/var/run/docker.sock") {
         sh_ok(&format!("docker pull -q {TEMPLATE}"));

@@ -119,7 +119,7 @@ mod tests {
         );
         assert_eq!(
             step_key(&k).to_string(),
-            "sha256:".to_string() + &Digest::of(&canonical_bytes(&k)).hex().to_string()
+            "sha256:cc9ce5a9639f4c3ff36a1533d7528b82db2f77a8085c130f9c035364e82276dc"
         );
     }
 

@@ -92,7 +92,7 @@ impl Env {
 pub fn scratch() -> PathBuf {
     let p = std::env::var_os("TPLBUILD_TEST_SCRATCH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir());
+        .unwrap_or_else(std::env::temp_dir);
     fs_err::create_dir_all(&p).unwrap();
     p
 }
