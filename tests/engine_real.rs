@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use engine_support::*;
 use tplbuild::engine::{
-    connect, Change, ChangeKind, ContainerGuard, ContainerSpec, EngineChoice, EngineError,
-    EngineKind, LoadSpec, Network, LABEL_HOST, LABEL_PID, LABEL_STARTED, LABEL_STEP,
+    connect, connect_host, Change, ChangeKind, ContainerGuard, ContainerSpec, EngineChoice,
+    EngineError, EngineKind, LoadSpec, Network, LABEL_HOST, LABEL_PID, LABEL_STARTED, LABEL_STEP,
 };
 use tplbuild::oci::Digest;
 
@@ -30,6 +30,29 @@ async fn connect_reports_each_engine_with_api_1_41() {
             EngineKind::Podman => assert_eq!(info.host, format!("unix://{PODMAN_SOCKET}")),
         }
     }
+}
+
+#[tokio::test]
+async fn connect_podman_finds_the_root_socket_and_detects_podman() {
+    if !std::path::Path::new(PODMAN_SOCKET).exists() {
+        eprintln!("skipping: {PODMAN_SOCKET} is absent (run scripts/testbed)");
+        return;
+    }
+    let engine = connect(EngineChoice::Podman).await.unwrap();
+    assert_eq!(engine.info().kind, EngineKind::Podman);
+    assert_eq!(engine.info().host, format!("unix://{PODMAN_SOCKET}"));
+}
+
+#[tokio::test]
+async fn docker_socket_is_detected_as_docker() {
+    if !std::path::Path::new(DOCKER_SOCKET).exists() {
+        eprintln!("skipping: {DOCKER_SOCKET} is absent (run scripts/testbed)");
+        return;
+    }
+    let engine = connect_host(&format!("unix://{DOCKER_SOCKET}"))
+        .await
+        .unwrap();
+    assert_eq!(engine.info().kind, EngineKind::Docker);
 }
 
 #[tokio::test]
@@ -373,12 +396,7 @@ async fn remove_created_removes_what_this_engine_created_and_nothing_else() {
     for engine in engines().await {
         let image = base_image(&engine).await;
         // A separate connection, so other tests' containers are not in its set.
-        let own = connect(match kind(&engine) {
-            EngineKind::Docker => EngineChoice::Docker,
-            EngineKind::Podman => EngineChoice::Podman,
-        })
-        .await
-        .unwrap();
+        let own = connect_host(&engine.info().host).await.unwrap();
         let a = own
             .create(&ContainerSpec {
                 image: image.clone(),

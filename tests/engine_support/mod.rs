@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::OnceCell;
-use tplbuild::engine::{connect, Container, Engine, EngineChoice, EngineKind, LoadLayer, LoadSpec};
+use tplbuild::engine::{connect_host, Container, Engine, EngineKind, LoadLayer, LoadSpec};
 use tplbuild::oci::{Compression, Digest, Sha256};
 
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -21,23 +21,14 @@ pub const ROOTFS: &str = "/var/lib/tplbuild-testbed/cache/bookworm-minbase.tar";
 /// The engines present, each connected through its own socket.
 pub async fn engines() -> Vec<Engine> {
     let mut out = Vec::new();
-    for (choice, socket) in [
-        (EngineChoice::Docker, DOCKER_SOCKET),
-        (EngineChoice::Podman, PODMAN_SOCKET),
-    ] {
+    for socket in [DOCKER_SOCKET, PODMAN_SOCKET] {
         if !Path::new(socket).exists() {
-            eprintln!("skipping {choice:?}: {socket} is absent (run scripts/testbed)");
+            eprintln!("skipping the engine at {socket}: it is absent (run scripts/testbed)");
             continue;
         }
-        let engine = if choice == EngineChoice::Docker {
-            // Never follow a DOCKER_HOST the environment happens to set.
-            let hosts = format!("unix://{socket}");
-            std::env::set_var("DOCKER_HOST", &hosts);
-            connect(choice).await
-        } else {
-            connect(choice).await
-        };
-        out.push(engine.unwrap_or_else(|e| panic!("{choice:?} at {socket}: {e}")));
+        // Never the DOCKER_HOST the environment may set.
+        let engine = connect_host(&format!("unix://{socket}")).await;
+        out.push(engine.unwrap_or_else(|e| panic!("{socket}: {e}")));
     }
     out
 }
