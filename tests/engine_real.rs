@@ -5,238 +5,19 @@
 //! The base image is the test bed's mmdebstrap minbase rootfs, loaded as a
 //! one-layer docker-archive; its config sets `Entrypoint: ["false"]` so
 //! that every RUN also checks that a template's entrypoint is cleared.
-//!
-//! `measure_apt_step_on_both_engines` (ignored: it talks to Debian's
-//! archive and takes a minute) prints the numbers the design relies on.
+//! The numbers in the report come from tests/engine_measure.rs.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+mod engine_support;
+
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use tokio::sync::OnceCell;
+use engine_support::*;
 use tplbuild::engine::{
-    connect, Change, ChangeKind, ContainerGuard, ContainerSpec, Engine, EngineChoice, EngineError,
-    EngineKind, LoadLayer, LoadSpec, Network, LABEL_HOST, LABEL_PID, LABEL_STARTED, LABEL_STEP,
+    connect, connect_host, Change, ChangeKind, ContainerGuard, ContainerSpec, EngineChoice,
+    EngineError, EngineKind, LoadSpec, Network, LABEL_HOST, LABEL_PID, LABEL_STARTED, LABEL_STEP,
 };
-use tplbuild::oci::{Compression, Digest, Sha256};
-
-const DOCKER_SOCKET: &str = "/var/run/docker.sock";
-const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
-const ROOTFS: &str = "/var/lib/tplbuild-testbed/cache/bookworm-minbase.tar";
-
-/// The engines present, each connected through its own socket.
-async fn engines() -> Vec<Engine> {
-    let mut out = Vec::new();
-    for (choice, socket) in [
-        (EngineChoice::Docker, DOCKER_SOCKET),
-        (EngineChoice::Podman, PODMAN_SOCKET),
-    ] {
-        if !Path::new(socket).exists() {
-            eprintln!("skipping {choice:?}: {socket} is absent (run scripts/testbed)");
-            continue;
-        }
-        let engine = if choice == EngineChoice::Docker {
-            // Never follow a DOCKER_HOST the environment happens to set.
-            let hosts = format!("unix://{socket}");
-            std::env::set_var("DOCKER_HOST", &hosts);
-            connect(choice).await
-        } else {
-            connect(choice).await
-        };
-        out.push(engine.unwrap_or_else(|e| panic!("{choice:?} at {socket}: {e}")));
-    }
-    out
-}
-
-fn kind(e: &Engine) -> EngineKind {
-    e.info().kind
-}
-
-/// A layer tar from `(path, content)` pairs, stored gzip-compressed.
-fn small_layer(dir: &Path, files: &[(&str, &[u8])]) -> LoadLayer {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        b.append_data(&mut h, path, *content).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    io::Write::write_all(&mut gz, &tar).unwrap();
-    let path = dir.join(format!("{}.tar.gz", Digest::of(&tar).hex()));
-    fs_err::write(&path, gz.finish().unwrap()).unwrap();
-    LoadLayer {
-        blob_path: path,
-        compression: Compression::Gzip,
-        diff_id: Digest::of(&tar),
-        uncompressed_size: tar.len() as u64,
-    }
-}
-
-fn config_for(layers: &[&LoadLayer], entrypoint: Option<&[&str]>) -> Vec<u8> {
-    let mut config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] },
-        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>() },
-    });
-    if let Some(ep) = entrypoint {
-        config["config"]["Entrypoint"] = serde_json::json!(ep);
-    }
-    serde_json::to_vec(&config).unwrap()
-}
-
-/// The test bed's rootfs as one uncompressed layer tar. The test bed may
-/// have left a directory under the `.tar` name (mmdebstrap picks its output
-/// format from the extension of `$out.tmp`); then we tar it up once.
-fn rootfs_layer() -> LoadLayer {
-    static LAYER: std::sync::OnceLock<LoadLayer> = std::sync::OnceLock::new();
-    LAYER
-        .get_or_init(|| {
-            let src =
-                PathBuf::from(std::env::var("TPLBUILD_TEST_ROOTFS_TAR").unwrap_or(ROOTFS.into()));
-            let tar_path = if src.is_dir() {
-                let out =
-                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("engine-bookworm-minbase.tar");
-                if !out.exists() {
-                    let tmp = out.with_extension("tmp");
-                    let status = std::process::Command::new("tar")
-                        .args(["--numeric-owner", "--xattrs", "-C"])
-                        .arg(&src)
-                        .arg("-cf")
-                        .arg(&tmp)
-                        .arg(".")
-                        .status()
-                        .unwrap();
-                    assert!(status.success(), "tar of {} failed", src.display());
-                    fs_err::rename(&tmp, &out).unwrap();
-                }
-                out
-            } else {
-                src
-            };
-            let mut file = fs_err::File::open(&tar_path).unwrap();
-            let mut hasher = <Sha256 as sha2::Digest>::new();
-            let size = io::copy(&mut file, &mut HashWriter(&mut hasher)).unwrap();
-            LoadLayer {
-                blob_path: tar_path,
-                compression: Compression::None,
-                diff_id: Digest::from_hasher(hasher),
-                uncompressed_size: size,
-            }
-        })
-        .clone()
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-impl io::Write for HashWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        sha2::Digest::update(self.0, b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn base_spec() -> (String, LoadSpec) {
-    let layer = rootfs_layer();
-    let tag = format!(
-        "localhost/tplbuild-test/bookworm:{}",
-        &layer.diff_id.hex()[..12]
-    );
-    let config = config_for(&[&layer], Some(&["false"]));
-    (
-        tag,
-        LoadSpec {
-            config_json: config,
-            layers: vec![layer],
-        },
-    )
-}
-
-/// The base image's tag, loaded into `engine` once per test process.
-async fn base_image(engine: &Engine) -> String {
-    static DOCKER: OnceCell<String> = OnceCell::const_new();
-    static PODMAN: OnceCell<String> = OnceCell::const_new();
-    let cell = match kind(engine) {
-        EngineKind::Docker => &DOCKER,
-        EngineKind::Podman => &PODMAN,
-    };
-    cell.get_or_init(|| async {
-        let (tag, spec) = tokio::task::spawn_blocking(base_spec).await.unwrap();
-        if !engine.has_image(&tag).await.unwrap() {
-            engine.load_image(&tag, &spec).await.unwrap();
-        }
-        tag
-    })
-    .await
-    .clone()
-}
-
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o600);
-        h.set_uid(1234);
-        h.set_gid(5678);
-        h.set_mtime(1_000_000);
-        b.append_data(&mut h, path, *content).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn as_stream(data: Vec<u8>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let chunks: Vec<io::Result<Bytes>> = data
-        .chunks(1000)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    futures_util::stream::iter(chunks)
-}
-
-/// Files of an exported tar: path (without leading `./` or `/`) → content.
-async fn exported_files(
-    engine: &Engine,
-    c: &tplbuild::engine::Container,
-    wanted: &[&str],
-) -> BTreeMap<String, Vec<u8>> {
-    let mut stream = engine.export(c).await.unwrap();
-    let mut all = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        all.extend_from_slice(&chunk.unwrap());
-    }
-    let mut out = BTreeMap::new();
-    for e in tar::Archive::new(&all[..]).entries().unwrap() {
-        let mut e = e.unwrap();
-        let p = e
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .trim_start_matches('/')
-            .to_string();
-        if wanted.contains(&p.as_str()) {
-            let mut data = Vec::new();
-            e.read_to_end(&mut data).unwrap();
-            out.insert(p, data);
-        }
-    }
-    out
-}
-
-async fn container_exists(engine: &Engine, id: &str) -> bool {
-    engine
-        .inspect(&tplbuild::engine::Container { id: id.to_string() })
-        .await
-        .is_ok()
-}
+use tplbuild::oci::Digest;
 
 #[tokio::test]
 async fn connect_reports_each_engine_with_api_1_41() {
@@ -252,6 +33,29 @@ async fn connect_reports_each_engine_with_api_1_41() {
 }
 
 #[tokio::test]
+async fn connect_podman_finds_the_root_socket_and_detects_podman() {
+    if !std::path::Path::new(PODMAN_SOCKET).exists() {
+        eprintln!("skipping: {PODMAN_SOCKET} is absent (run scripts/testbed)");
+        return;
+    }
+    let engine = connect(EngineChoice::Podman).await.unwrap();
+    assert_eq!(engine.info().kind, EngineKind::Podman);
+    assert_eq!(engine.info().host, format!("unix://{PODMAN_SOCKET}"));
+}
+
+#[tokio::test]
+async fn docker_socket_is_detected_as_docker() {
+    if !std::path::Path::new(DOCKER_SOCKET).exists() {
+        eprintln!("skipping: {DOCKER_SOCKET} is absent (run scripts/testbed)");
+        return;
+    }
+    let engine = connect_host(&format!("unix://{DOCKER_SOCKET}"))
+        .await
+        .unwrap();
+    assert_eq!(engine.info().kind, EngineKind::Docker);
+}
+
+#[tokio::test]
 async fn load_image_makes_the_tag_and_remove_image_takes_it_away_idempotently() {
     let dir = tempfile::tempdir().unwrap();
     let layer = small_layer(dir.path(), &[("hello.txt", b"hello")]);
@@ -261,7 +65,7 @@ async fn load_image_makes_the_tag_and_remove_image_takes_it_away_idempotently() 
     };
     for engine in engines().await {
         let tag = format!(
-            "localhost/tplbuild-test/small:{}-{}",
+            "tplbuild-test/small:{}-{}",
             kind(&engine),
             std::process::id()
         );
@@ -278,6 +82,69 @@ async fn load_image_makes_the_tag_and_remove_image_takes_it_away_idempotently() 
             kind(&engine)
         );
         engine.remove_image(&tag).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn load_image_of_an_image_the_engine_holds_only_tags_it_without_reading_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = small_layer(dir.path(), &[("hello.txt", b"tag me")]);
+    let spec = LoadSpec {
+        config_json: config_for(&[&layer], None),
+        layers: vec![layer.clone()],
+    };
+    for engine in engines().await {
+        let first = format!(
+            "localhost/tplbuild-test/first:{}-{}",
+            kind(&engine),
+            std::process::id()
+        );
+        let second = format!(
+            "localhost/tplbuild-test/second:{}-{}",
+            kind(&engine),
+            std::process::id()
+        );
+        engine.load_image(&first, &spec).await.unwrap();
+        fs_err::rename(&layer.blob_path, dir.path().join("moved")).unwrap();
+        let result = engine.load_image(&second, &spec).await;
+        fs_err::rename(dir.path().join("moved"), &layer.blob_path).unwrap();
+        result.unwrap_or_else(|e| panic!("{:?}: {e:#?}", kind(&engine)));
+        assert!(
+            engine.has_image(&second).await.unwrap(),
+            "{:?}",
+            kind(&engine)
+        );
+        engine.remove_image(&first).await.unwrap();
+        engine.remove_image(&second).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn image_loaded_under_a_short_tag_is_found_and_usable_by_that_tag() {
+    for engine in engines().await {
+        let base = base_image(&engine).await;
+        let (_, spec) = base_spec();
+        let tag = format!(
+            "tplbuild-test/short:{}-{}",
+            kind(&engine),
+            std::process::id()
+        );
+        engine.load_image(&tag, &spec).await.unwrap();
+        assert!(engine.has_image(&tag).await.unwrap(), "{:?}", kind(&engine));
+        let c = engine
+            .create(&ContainerSpec {
+                image: tag.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {e:#?}", kind(&engine)));
+        engine.remove(&c).await.unwrap();
+        engine.remove_image(&tag).await.unwrap();
+        assert!(
+            engine.has_image(&base).await.unwrap(),
+            "{:?}: the other tag stays",
+            kind(&engine)
+        );
     }
 }
 
@@ -529,12 +396,7 @@ async fn remove_created_removes_what_this_engine_created_and_nothing_else() {
     for engine in engines().await {
         let image = base_image(&engine).await;
         // A separate connection, so other tests' containers are not in its set.
-        let own = connect(match kind(&engine) {
-            EngineKind::Docker => EngineChoice::Docker,
-            EngineKind::Podman => EngineChoice::Podman,
-        })
-        .await
-        .unwrap();
+        let own = connect_host(&engine.info().host).await.unwrap();
         let a = own
             .create(&ContainerSpec {
                 image: image.clone(),
@@ -563,14 +425,6 @@ async fn remove_created_removes_what_this_engine_created_and_nothing_else() {
         assert!(container_exists(&engine, &other.id).await);
         engine.remove(&other).await.unwrap();
     }
-}
-
-/// A pid that is certainly not running: a child we started and reaped.
-fn dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id();
-    child.wait().unwrap();
-    pid
 }
 
 #[tokio::test]

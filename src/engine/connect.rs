@@ -37,6 +37,12 @@ pub async fn connect(choice: EngineChoice) -> Result<Engine, EngineError> {
     .await
 }
 
+/// Connect to exactly `host` (`unix:///path`, `tcp://host:port`), whatever
+/// the environment says.
+pub async fn connect_host(host: &str) -> Result<Engine, EngineError> {
+    connect_first(vec![host.to_string()]).await
+}
+
 /// The first of `hosts` that answers.
 async fn connect_first(hosts: Vec<String>) -> Result<Engine, EngineError> {
     let mut tried = Vec::new();

@@ -205,19 +205,27 @@ impl Engine {
 
     /// The container's writable overlay layer (`GraphDriver.Data.UpperDir`),
     /// if the engine is local, its driver is overlay and the path exists on
-    /// this host: the fast path for reading a step's diff (root only).
+    /// this host: the fast path for reading a step's diff (root only). It
+    /// stays readable after the container exits, until [`Engine::remove`].
     ///
-    /// The upper dir holds more than the step's work; the layer code must
-    /// leave these out:
-    /// - Podman puts the mount points of the files it bind-mounts there
-    ///   (`run/.containerenv`, `etc/hosts`, `etc/hostname`,
-    ///   `etc/resolv.conf`, as empty files, with their directories), see
-    ///   tests/engine_real.rs for the measured list;
-    /// - Docker keeps its mount points in a separate `<id>-init` layer, so its
-    ///   upper dir holds only what the step wrote.
+    /// What the engines put there that is not the step's work (measured by
+    /// tests/engine_measure.rs; the layer code must leave it out):
+    /// - Docker: nothing. Its mount points live in the `<id>-init` lower
+    ///   layer; after `true` the upper dir is empty.
+    /// - Podman, once the container has started (a never-started COPY
+    ///   container's upper dir is empty): `run/.containerenv` (empty file),
+    ///   `etc/mtab` (symlink to `/proc/mounts`), and each of `etc/hosts`,
+    ///   `etc/hostname`, `etc/resolv.conf` that the image lacks (empty
+    ///   files: the real ones are bind-mounted over them, so a step's writes
+    ///   to them never land here), plus `etc/` and `run/` copied up for them.
     ///
-    /// Whiteouts are character devices 0/0 and opaque directories carry the
-    /// `trusted.overlay.opaque=y` xattr on both engines.
+    /// Whiteouts are character devices 0/0 and opaque directories carry
+    /// `trusted.overlay.opaque=y` on both. Overlayfs also marks directories
+    /// opaque that have nothing below them (dpkg creates `X.dpkg-new` and
+    /// renames it): after `apt-get install openssh-server`, 44 new
+    /// directories such as `etc/ssh` carry the flag. The API path cannot see
+    /// the flag at all, so the layer code must decide opaqueness against the
+    /// parent's content, not copy the xattr.
     pub async fn upper_dir(&self, c: &Container) -> Result<Option<PathBuf>, EngineError> {
         if !self.is_local() {
             return Ok(None);
@@ -253,7 +261,11 @@ impl Engine {
 
     /// What the container changed compared to its image
     /// (`GET /containers/{id}/changes`). Both engines list the parents of a
-    /// changed path as modified; Podman also lists its mount points.
+    /// changed path as modified. They disagree on a directory that was
+    /// removed and re-created: Docker says the directory is modified and
+    /// lists each old child as deleted; Podman says the directory is deleted
+    /// and lists the new children as added. Podman also lists `/etc` as
+    /// modified after any start (its mount points), but not the mount points.
     pub async fn changes(&self, c: &Container) -> Result<Vec<Change>, EngineError> {
         let changes = self
             .docker

@@ -26,7 +26,7 @@ mod leftovers;
 use std::path::PathBuf;
 
 pub use archive::{LoadLayer, LoadSpec};
-pub use connect::connect;
+pub use connect::{connect, connect_host};
 pub use guard::ContainerGuard;
 
 /// Which engine `--engine` asked for.
