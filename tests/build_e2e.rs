@@ -61,12 +61,40 @@ fn statuses(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-fn tplbuild_containers(engine_cli: &str) -> usize {
+/// Step containers a given tplbuild process created that still exist
+/// (tests run in parallel, so each looks only at its own).
+fn containers_of(pid: u32) -> usize {
     sh_ok(&format!(
-        "{engine_cli} ps -aq --filter label=dev.tplbuild.step"
+        "docker ps -aq --filter label=dev.tplbuild.step --filter label=dev.tplbuild.pid={pid}"
     ))
     .lines()
     .count()
+}
+
+/// Start a build on Docker in the background.
+fn spawn_build(env: &Env, file: &str) -> std::process::Child {
+    env.cmd()
+        .args([
+            "build",
+            "-f",
+            file,
+            "--engine",
+            "docker",
+            "--progress",
+            "plain",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_container(pid: u32) {
+    let t0 = std::time::Instant::now();
+    while containers_of(pid) == 0 {
+        assert!(t0.elapsed().as_secs() < 120, "the step never started");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 const SMALL: &str = "ENV GREETING=hello\nINSTALL hello\nCOPY overlay/ /\nRUN echo \"$GREETING\" > /etc/greeting && chmod 4755 /usr/bin/hello\n";
@@ -187,13 +215,11 @@ fn rebuild_hits_every_step_and_a_changed_file_reruns_only_later_steps() {
     assert_eq!(c1, Some(0));
     assert_eq!(statuses(&e1), ["MISS", "MISS", "MISS"]);
 
-    let before = tplbuild_containers("docker");
     let (e2, c2, _) = build_json(&env, &f, &["--engine", "docker"]);
     assert_eq!(c2, Some(0));
     assert_eq!(statuses(&e2), ["HIT", "HIT", "HIT"]);
     assert_eq!(done(&e2)["containers_created"], 0);
     assert_eq!(done(&e2)["digest"], done(&e1)["digest"]);
-    assert_eq!(tplbuild_containers("docker"), before);
 
     // Touching mtimes changes nothing.
     let motd = Path::new(&f).parent().unwrap().join("overlay/etc/motd");
@@ -272,16 +298,18 @@ fn a_failing_run_names_the_line_and_leaves_nothing_behind() {
         "RUN echo before\nRUN echo some output && exit 3\n",
         &[],
     );
-    let before = tplbuild_containers("docker");
-    let (_, code, stderr) = build_json(&env, &f, &["--engine", "docker"]);
-    assert_eq!(code, Some(1));
+    let child = spawn_build(&env, &f);
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Buildfile:3"), "{stderr}");
     assert!(stderr.contains("exit code 3"), "{stderr}");
-    assert_eq!(
-        tplbuild_containers("docker"),
-        before,
-        "a container was left behind"
+    assert!(
+        stderr.contains("some output"),
+        "the last lines are shown: {stderr}"
     );
+    assert_eq!(containers_of(pid), 0, "a container was left behind");
     // The failed step is not cached: it runs again.
     let (events, _, _) = build_json(&env, &f, &["--engine", "docker"]);
     let s: Vec<_> = events
@@ -300,36 +328,14 @@ fn ctrl_c_during_a_step_removes_the_container_and_records_nothing() {
     template();
     let env = Env::new();
     let f = buildfile(&env, "slow", "RUN echo started && sleep 60\n", &[]);
-    let before = tplbuild_containers("docker");
-    let mut child = env
-        .cmd()
-        .args([
-            "build",
-            "-f",
-            &f,
-            "--progress",
-            "plain",
-            "--engine",
-            "docker",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the step's container runs, then interrupt.
-    let t0 = std::time::Instant::now();
-    while tplbuild_containers("docker") == before {
-        assert!(t0.elapsed().as_secs() < 60, "the step never started");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let mut child = spawn_build(&env, &f);
+    let pid = child.id();
+    wait_for_container(pid);
     std::thread::sleep(std::time::Duration::from_secs(1));
-    sh_ok(&format!("kill -INT {}", child.id()));
+    sh_ok(&format!("kill -INT {pid}"));
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert_eq!(
-        tplbuild_containers("docker"),
-        before,
-        "the step container was left behind"
-    );
+    assert_eq!(containers_of(pid), 0, "the step container was left behind");
     let plan = env.ok(&["plan", "-f", &f]);
     assert!(
         plan.contains("MISS"),
@@ -345,36 +351,16 @@ fn a_container_left_by_a_killed_run_is_removed_by_the_next_run() {
     template();
     let env = Env::new();
     let f = buildfile(&env, "killed", "RUN sleep 60\n", &[]);
-    let before = tplbuild_containers("docker");
-    let mut child = env
-        .cmd()
-        .args([
-            "build",
-            "-f",
-            &f,
-            "--progress",
-            "plain",
-            "--engine",
-            "docker",
-        ])
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while tplbuild_containers("docker") == before {
-        assert!(t0.elapsed().as_secs() < 60, "the step never started");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let mut child = spawn_build(&env, &f);
+    let pid = child.id();
+    wait_for_container(pid);
     child.kill().unwrap(); // SIGKILL: no cleanup possible
     child.wait().unwrap();
-    assert!(tplbuild_containers("docker") > before);
+    assert_eq!(containers_of(pid), 1);
     let g = buildfile(&env, "next", "RUN true\n", &[]);
-    let (_, code, stderr) = build_json(&env, &g, &["--engine", "docker"]);
+    let (_, code, stderr) = build_json(&env, &g, &["--engine", "docker", "--no-cache"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        tplbuild_containers("docker"),
-        before,
-        "the leftover was not cleaned"
-    );
+    assert_eq!(containers_of(pid), 0, "the leftover was not cleaned");
 }
 
 #[test]

@@ -66,6 +66,7 @@ pub(crate) fn collect(
         opts,
         report,
         nodes: &mut nodes,
+        excluded: 0,
     };
     w.dir(&mut Vec::new())?;
     nodes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
@@ -80,6 +81,8 @@ struct Walker<'a> {
     opts: &'a LayerOptions,
     report: &'a mut LayerReport,
     nodes: &'a mut Vec<Node>,
+    /// How many excluded nodes were seen so far.
+    excluded: usize,
 }
 
 impl Walker<'_> {
@@ -149,7 +152,10 @@ impl Walker<'_> {
             return Err(LayerError::ReservedName { path });
         }
         match verdict {
-            Verdict::Excluded => return Ok(()),
+            Verdict::Excluded => {
+                self.excluded += 1;
+                return Ok(());
+            }
             Verdict::Volatile => {
                 self.report
                     .dropped_volatile
@@ -198,7 +204,19 @@ impl Walker<'_> {
             });
         }
         if is_dir {
+            let (nodes_before, excluded_before) = (self.nodes.len(), self.excluded);
             self.dir(rel)?;
+            // An engine copies a directory up only to put its own files in
+            // it (Podman's run/.containerenv, mount points in etc/). When all
+            // the directory holds is excluded, the step did not touch it:
+            // leaving it out keeps the layer equal across engines.
+            if self.source == Source::OverlayUpper
+                && upper == UpperNode::Plain
+                && self.nodes.len() == nodes_before
+                && self.excluded > excluded_before
+            {
+                self.nodes.pop();
+            }
         }
         Ok(())
     }

@@ -513,3 +513,31 @@ fn in_write_dir_a_0_0_device_is_a_device_not_a_whiteout() {
         (vec!["c".to_string()], tar::EntryType::Char)
     );
 }
+
+#[test]
+fn overlay_dirs_holding_only_excluded_engine_files_are_left_out() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    // Podman copies run/ and etc/ up for its own files; the step wrote usr/.
+    put(r, "run/.containerenv", b"engine=podman");
+    put(r, "etc/hostname", b"");
+    put(r, "usr/bin/tool", b"x");
+    let o = LayerOptions {
+        exclude: vec!["run/.containerenv".into(), "etc/hostname".into()],
+        ..opts()
+    };
+    let mut out = Vec::new();
+    let w = write_overlay_upper(r, &mut out, &o).unwrap();
+    let es = entries(&out);
+    assert_eq!(paths(&es), ["usr/", "usr/bin/", "usr/bin/tool"]);
+    assert_eq!(w.report.entries, 3);
+    // A directory with real content next to an excluded file stays.
+    put(r, "etc/app.conf", b"y");
+    let mut out = Vec::new();
+    write_overlay_upper(r, &mut out, &o).unwrap();
+    let es = entries(&out);
+    assert_eq!(
+        paths(&es),
+        ["etc/", "etc/app.conf", "usr/", "usr/bin/", "usr/bin/tool"]
+    );
+}
