@@ -16,9 +16,19 @@ pub fn read_files(
     image: &Image,
     wanted: &[&str],
 ) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
+    read_files_in(store, image.layers(), wanted)
+}
+
+/// Like [`read_files`], over a slice of layers (bottom first). Only these
+/// layers' blobs need to be in the store.
+pub fn read_files_in(
+    store: &Store,
+    layers: &[crate::oci::Descriptor],
+    wanted: &[&str],
+) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
     let mut found = BTreeMap::new();
     let mut hidden: BTreeSet<String> = BTreeSet::new();
-    for layer in image.layers().iter().rev() {
+    for layer in layers.iter().rev() {
         if wanted
             .iter()
             .all(|w| found.contains_key(*w) || hidden.contains(*w))

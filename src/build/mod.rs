@@ -196,7 +196,11 @@ fn finalize(store: &Store, plan: &Plan, image: &Image) -> anyhow::Result<Image> 
     );
     annotations.insert(keys::BASE_DIGEST.into(), base.digest().to_string());
     if image.layers().len() > base.layers().len() {
-        let status = files::read_files(store, image, &["var/lib/dpkg/status"])?;
+        // Only the build's own layers: the template's may not be in the
+        // store (an engine that already had it needed no download), and
+        // its list is in its labels already.
+        let ours = &image.layers()[base.layers().len()..];
+        let status = files::read_files_in(store, ours, &["var/lib/dpkg/status"])?;
         if let Some(s) = status.get("var/lib/dpkg/status") {
             let pkgs = crate::template::rootfs::parse_dpkg_status(&String::from_utf8_lossy(s));
             annotations.insert(keys::PACKAGE_COUNT.into(), pkgs.len().to_string());

@@ -119,6 +119,14 @@ impl Runner {
             text: step.text.clone(),
             source: e,
         };
+        if let StepKind::Copy { chown: Some(c), .. } = &step.kind {
+            if c.split(':').any(|part| part.parse::<u32>().is_err()) {
+                // Names are looked up in the parent's /etc/passwd and /etc/group.
+                transfer::ensure_blobs(store, client, &plan.base.source, parent.layers())
+                    .await
+                    .map_err(|e| wrap(e.into()))?;
+            }
+        }
         let tag = self
             .ensure_state(store, client, plan, parent)
             .await
