@@ -1,0 +1,328 @@
+//! `type=ext4`: `mke2fs -d` over the flattened tree, made reproducible.
+//!
+//! Debian 12's mke2fs (1.47.0) has no `SOURCE_DATE_EPOCH`; what it takes
+//! from the machine, and how each is pinned:
+//! - the UUID and the directory hash seed: `-U` / `-E hash_seed=`, derived
+//!   from the image digest ([`derive_uuid`]);
+//! - the clock (superblock times, inode creation times): `E2FSPROGS_FAKE_TIME`;
+//! - `/etc/mke2fs.conf` (features, inode size and ratio) and whether the
+//!   kernel offers lazy inode-table init or the host filesystem can punch
+//!   holes (which flips `ITABLE_ZEROED` flags): a pinned `MKE2FS_CONFIG`,
+//!   `nodiscard` and `lazy_itable_init=0`;
+//! - each file's atime and ctime, copied from the source tree, where they
+//!   are the time of flattening: after mke2fs, `debugfs` sets both to the
+//!   epoch on every inode in use (found from `dumpe2fs`' free-inode lists).
+//!
+//! Directory order is not an input: mke2fs 1.47 reads directories sorted.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use sha2::Digest as _;
+
+use super::tool::{DEBUGFS, DUMPE2FS, MKE2FS};
+use super::{ExportContext, ExportError, Exporter, OutputKind, TreeStats};
+use crate::oci::{Digest, Sha256};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Debian 12's `/etc/mke2fs.conf`, minus the usage types that never
+/// apply to a rootfs image, plus the init choices pinned.
+const MKE2FS_CONF: &str = "\
+[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+	lazy_itable_init = false
+	lazy_journal_init = true
+	discard = false
+
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+	}
+	small = {
+		inode_ratio = 4096
+	}
+	floppy = {
+		inode_ratio = 8192
+	}
+	big = {
+		inode_ratio = 32768
+	}
+	huge = {
+		inode_ratio = 65536
+	}
+";
+
+/// `type=ext4`.
+#[derive(Debug, Clone)]
+pub struct Ext4Exporter {
+    /// Bytes; `None`: [`default_size`] of the content.
+    pub size: Option<u64>,
+    pub label: String,
+    /// Inode count; `None`: mke2fs' ratio, raised if the tree needs more.
+    pub inodes: Option<u64>,
+}
+
+/// A v4-shaped UUID from the first 16 bytes of sha256(`purpose` + digest):
+/// fixed per image, different per purpose (ext4, erofs).
+pub fn derive_uuid(purpose: &str, image: &Digest) -> String {
+    let mut h = Sha256::new();
+    h.update(purpose.as_bytes());
+    h.update(image.to_string().as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+/// Content ×1.3 + 64 MiB (journal, metadata, room to boot), rounded up to
+/// 4 MiB.
+pub fn default_size(stats: &TreeStats) -> u64 {
+    let raw = stats.block_bytes + stats.block_bytes * 3 / 10 + 64 * MIB;
+    raw.div_ceil(4 * MIB) * 4 * MIB
+}
+
+/// The inode count to force, if mke2fs' own would be too small.
+fn inode_count(size: u64, stats: &TreeStats, asked: Option<u64>) -> Option<u64> {
+    if asked.is_some() {
+        return asked;
+    }
+    // The "small" usage type (under 512 MiB) has a denser ratio.
+    let ratio = if size < 512 * MIB { 4096 } else { 16384 };
+    let default = size / ratio;
+    let needed = stats.inodes + stats.inodes / 4 + 1024;
+    (default < needed).then_some(needed)
+}
+
+impl Exporter for Ext4Exporter {
+    fn kind(&self) -> OutputKind {
+        OutputKind::Ext4
+    }
+
+    fn key_options(&self) -> Result<BTreeMap<String, String>, ExportError> {
+        let mut o = BTreeMap::new();
+        o.insert(
+            "size".into(),
+            self.size.map_or("default".into(), |s| s.to_string()),
+        );
+        o.insert("label".into(), self.label.clone());
+        o.insert(
+            "inodes".into(),
+            self.inodes.map_or("default".into(), |n| n.to_string()),
+        );
+        o.insert(
+            "tool".into(),
+            MKE2FS.version(&["-V"]).unwrap_or_else(|| "none".into()),
+        );
+        Ok(o)
+    }
+
+    fn export(&self, rootfs: &Path, ctx: &ExportContext, dest: &Path) -> Result<(), ExportError> {
+        let needed = ctx.stats.block_bytes;
+        let size = match self.size {
+            Some(s) if s < needed => {
+                return Err(ExportError::TooSmall {
+                    dest: dest.to_path_buf(),
+                    size: s,
+                    needed,
+                })
+            }
+            Some(s) => s,
+            None => default_size(&ctx.stats),
+        };
+        let uuid = derive_uuid("ext4-uuid", &ctx.image);
+        let epoch = ctx.epoch.to_string();
+
+        let mut conf = tempfile::Builder::new()
+            .prefix("mke2fs-")
+            .suffix(".conf")
+            .tempfile_in(&ctx.tmp_dir)?;
+        conf.write_all(MKE2FS_CONF.as_bytes())?;
+        conf.flush()?;
+
+        let mut cmd = MKE2FS.command()?;
+        cmd.env("E2FSPROGS_FAKE_TIME", &epoch)
+            .env("MKE2FS_CONFIG", conf.path())
+            .args(["-t", "ext4", "-b", "4096", "-F", "-q", "-L", &self.label])
+            .args(["-U", &uuid])
+            .arg("-E")
+            .arg(format!(
+                "hash_seed={uuid},root_owner=0:0,nodiscard,lazy_itable_init=0"
+            ))
+            .arg("-d")
+            .arg(rootfs);
+        if let Some(n) = inode_count(size, &ctx.stats, self.inodes) {
+            cmd.args(["-N", &n.to_string()]);
+        }
+        cmd.arg(dest).arg(format!("{}k", size / 1024));
+        MKE2FS.run(cmd, dest)?;
+
+        pin_inode_times(dest, &epoch, &ctx.tmp_dir)
+    }
+}
+
+/// Set atime, ctime and crtime of every inode in use to the epoch.
+fn pin_inode_times(image: &Path, epoch: &str, tmp_dir: &Path) -> Result<(), ExportError> {
+    let mut cmd = DUMPE2FS.command()?;
+    cmd.arg(image);
+    let listing = DUMPE2FS.run(cmd, image)?;
+    let inodes =
+        used_inodes(&String::from_utf8_lossy(&listing)).ok_or_else(|| ExportError::Unexpected {
+            what: format!(
+                "could not read the inode bitmap of {} from dumpe2fs",
+                image.display()
+            ),
+        })?;
+    let mut script = tempfile::Builder::new()
+        .prefix("debugfs-")
+        .tempfile_in(tmp_dir)?;
+    {
+        let mut w = std::io::BufWriter::new(script.as_file_mut());
+        for ino in inodes {
+            for field in ["atime", "ctime", "crtime"] {
+                writeln!(w, "sif <{ino}> {field} @{epoch}")?;
+            }
+        }
+        w.flush()?;
+    }
+    let mut cmd = DEBUGFS.command()?;
+    cmd.env("E2FSPROGS_FAKE_TIME", epoch)
+        .arg("-w")
+        .arg("-f")
+        .arg(script.path())
+        .arg(image);
+    DEBUGFS.run(cmd, image)?;
+    Ok(())
+}
+
+/// Inodes in use according to `dumpe2fs`' per-group "Free inodes:" lists:
+/// the root (2) and everything from the first non-reserved inode on.
+/// `None` if the listing does not have the expected shape.
+fn used_inodes(listing: &str) -> Option<Vec<u64>> {
+    let header = |key: &str| -> Option<u64> {
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let per_group = header("Inodes per group:")?;
+    let first_ino = header("First inode:")?;
+    let count = header("Inode count:")?;
+    let mut used = vec![2];
+    let mut group: Option<u64> = None;
+    let mut groups_seen = 0;
+    for line in listing.lines() {
+        if let Some(rest) = line.strip_prefix("Group ") {
+            group = rest.split(':').next()?.trim().parse().ok();
+            continue;
+        }
+        let (Some(g), Some(list)) = (group, line.trim_start().strip_prefix("Free inodes:")) else {
+            continue;
+        };
+        if !line.starts_with(' ') {
+            continue;
+        }
+        groups_seen += 1;
+        let mut free = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            free.push((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?));
+        }
+        let start = g * per_group + 1;
+        let end = (g + 1) * per_group;
+        let mut ino = start;
+        for (a, b) in free.into_iter().chain([(end + 1, end + 1)]) {
+            while ino < a {
+                if ino >= first_ino {
+                    used.push(ino);
+                }
+                ino += 1;
+            }
+            ino = ino.max(b + 1);
+        }
+        group = None;
+    }
+    (groups_seen * per_group == count).then_some(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_uuids_are_fixed_v4_shaped_and_differ_per_purpose() {
+        let d = Digest::of(b"image");
+        let a = derive_uuid("ext4-uuid", &d);
+        assert_eq!(a, derive_uuid("ext4-uuid", &d));
+        assert_ne!(a, derive_uuid("erofs-uuid", &d));
+        assert_ne!(a, derive_uuid("ext4-uuid", &Digest::of(b"other")));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn default_size_is_content_times_1_3_plus_64m_in_4m_steps() {
+        let stats = TreeStats {
+            block_bytes: 180 * MIB,
+            ..Default::default()
+        };
+        // 180 × 1.3 = 234, + 64 = 298, rounded up to 300.
+        assert_eq!(default_size(&stats), 300 * MIB);
+        assert_eq!(default_size(&TreeStats::default()), 64 * MIB);
+    }
+
+    #[test]
+    fn inode_count_is_raised_only_when_the_ratio_falls_short() {
+        let few = TreeStats {
+            inodes: 1000,
+            ..Default::default()
+        };
+        assert_eq!(inode_count(300 * MIB, &few, None), None);
+        let many = TreeStats {
+            inodes: 200_000,
+            ..Default::default()
+        };
+        assert_eq!(inode_count(600 * MIB, &many, None), Some(251_024));
+        assert_eq!(inode_count(600 * MIB, &many, Some(7)), Some(7));
+    }
+
+    #[test]
+    fn used_inodes_reads_the_free_lists_of_every_group() {
+        let listing = "\
+Inode count:              32
+First inode:              11
+Inodes per group:         16
+
+Group 0: (Blocks 0-8191) csum 0x1234
+  Free blocks: 100-8191
+  Free inodes: 14-16
+Group 1: (Blocks 8192-16383) csum 0x5678 [INODE_UNINIT]
+  Free blocks: 8192-16383
+  Free inodes: 17, 19-32
+";
+        assert_eq!(used_inodes(listing).unwrap(), vec![2, 11, 12, 13, 18]);
+    }
+
+    #[test]
+    fn used_inodes_refuses_a_listing_with_missing_groups() {
+        let listing = "Inode count: 32\nFirst inode: 11\nInodes per group: 16\nGroup 0: x\n  Free inodes: 12-16\n";
+        assert_eq!(used_inodes(listing), None);
+    }
+}
