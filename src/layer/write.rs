@@ -141,9 +141,13 @@ fn produce(
                     // Link permissions mean nothing on Linux and differ by
                     // filesystem; fix them so equal trees stay equal.
                     entry.mode = 0o777;
-                } else if let Some(target) =
-                    hardlink_target(&meta, &entry.path, &mut first_of_inode)
+                } else if let Some(target) = (verdict == Verdict::Keep)
+                    .then(|| hardlink_target(&meta, &entry.path, &mut first_of_inode))
+                    .flatten()
                 {
+                    // Only unchanged files share an inode in the layer: an
+                    // emptied machine-id must not become a link to, or the
+                    // target of, a name that still has the content.
                     entry.kind = Kind::Hardlink { target };
                 } else if ft.is_file() {
                     let (size, reader) = file_data(&path, &meta, verdict, opts.epoch)?;
