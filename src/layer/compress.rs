@@ -171,6 +171,19 @@ mod tests {
     }
 
     #[test]
+    fn xz_layers_from_old_images_decompress() {
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        enc.write_all(b"old docker layer").unwrap();
+        let blob = enc.finish().unwrap();
+        let mut plain = Vec::new();
+        decompress(io::Cursor::new(blob))
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"old docker layer");
+    }
+
+    #[test]
     fn short_and_empty_inputs_pass_through() {
         for input in [&b""[..], b"ab"] {
             let mut out = Vec::new();
