@@ -191,7 +191,6 @@ fn mmdebstrap_rootfs_survives_apply_write_apply_unchanged() {
         apply_source_tar(&tar, &a);
         a
     };
-    let bytes: u64 = snapshot(&a, None).values().map(|n| n.size).sum();
 
     let layer = tmp.path().join("layer.tar.gz");
     let t = Instant::now();
@@ -202,8 +201,9 @@ fn mmdebstrap_rootfs_survives_apply_write_apply_unchanged() {
     )
     .unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let bytes = w.uncompressed_size;
     eprintln!(
-        "write_dir: {} entries, {:.1} MB tar in, {:.1} MB gzip out, {:.2}s, {:.1} MB/s (input)",
+        "write_dir: {} entries, {:.1} MB tar, {:.1} MB gzip, {:.2}s, {:.1} MB/s of tar",
         w.report.entries,
         bytes as f64 / 1e6,
         w.size as f64 / 1e6,
@@ -240,7 +240,7 @@ fn mmdebstrap_rootfs_survives_apply_write_apply_unchanged() {
     let again = write_dir(&a, std::io::sink(), &keep_everything(Compression::Gzip)).unwrap();
     assert_eq!(again.digest, w.digest);
     assert_eq!(again.diff_id, w.diff_id);
-    let again_b = write_dir(&b, std::io::sink(), &keep_everything(Compression::Gzip)).unwrap();
+    let again_b = write_dir(&b, std::io::sink(), &keep_everything(Compression::None)).unwrap();
     assert_eq!(
         again_b.diff_id, w.diff_id,
         "the applied copy writes the same layer"

@@ -2,7 +2,7 @@
 //! (fixed settings, so equal tars give equal blobs) and a decompressor
 //! chosen by magic bytes for layers read back.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 
 use flate2::{Compression as GzLevel, GzBuilder};
 
@@ -73,21 +73,13 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// The uncompressed tar goes in; it is hashed (diff_id), compressed, hashed
-/// again (digest) and counted on its way to `out`.
-pub(crate) struct LayerSink<W: Write> {
-    inner: BufWriter<DigestWriter<Encoder<DigestWriter<W>>>>,
+/// The uncompressed tar goes in; it is compressed with fixed settings,
+/// hashed (the blob digest) and counted on its way to `out`.
+pub(crate) struct BlobSink<W: Write> {
+    enc: Encoder<DigestWriter<W>>,
 }
 
-/// What a finished sink measured.
-pub(crate) struct SinkDigests {
-    pub digest: Digest,
-    pub diff_id: Digest,
-    pub size: u64,
-    pub tar_size: u64,
-}
-
-impl<W: Write> LayerSink<W> {
+impl<W: Write> BlobSink<W> {
     pub fn new(out: W, compression: Compression) -> io::Result<Self> {
         let blob = DigestWriter::new(out);
         let enc = match compression {
@@ -102,37 +94,29 @@ impl<W: Write> LayerSink<W> {
             ),
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(blob, 3)?),
         };
-        Ok(LayerSink {
-            inner: BufWriter::with_capacity(256 * 1024, DigestWriter::new(enc)),
-        })
+        Ok(BlobSink { enc })
     }
 
-    pub fn finish(self) -> io::Result<SinkDigests> {
-        let tar = self.inner.into_inner().map_err(|e| e.into_error())?;
-        let (enc, diff_id, tar_size) = tar.finish();
-        let blob = match enc {
+    /// Digest and size of the blob.
+    pub fn finish(self) -> io::Result<(Digest, u64)> {
+        let blob = match self.enc {
             Encoder::Plain(w) => w,
             Encoder::Gzip(w) => w.finish()?,
             Encoder::Zstd(w) => w.finish()?,
         };
         let (mut out, digest, size) = blob.finish();
         out.flush()?;
-        Ok(SinkDigests {
-            digest,
-            diff_id,
-            size,
-            tar_size,
-        })
+        Ok((digest, size))
     }
 }
 
-impl<W: Write> Write for LayerSink<W> {
+impl<W: Write> Write for BlobSink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        self.enc.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.enc.flush()
     }
 }
 
@@ -140,9 +124,9 @@ impl<W: Write> Write for LayerSink<W> {
 mod tests {
     use super::*;
 
-    fn roundtrip(c: Compression) -> (Vec<u8>, SinkDigests) {
+    fn roundtrip(c: Compression) -> (Vec<u8>, (Digest, u64)) {
         let mut out = Vec::new();
-        let mut sink = LayerSink::new(&mut out, c).unwrap();
+        let mut sink = BlobSink::new(&mut out, c).unwrap();
         sink.write_all(&b"layer bytes ".repeat(1000)).unwrap();
         let d = sink.finish().unwrap();
         (out, d)
@@ -151,17 +135,15 @@ mod tests {
     #[test]
     fn every_compression_decompresses_by_magic_to_the_same_tar() {
         for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
-            let (blob, d) = roundtrip(c);
-            assert_eq!(d.digest, Digest::of(&blob), "{c:?}");
-            assert_eq!(d.size, blob.len() as u64);
+            let (blob, (digest, size)) = roundtrip(c);
+            assert_eq!(digest, Digest::of(&blob), "{c:?}");
+            assert_eq!(size, blob.len() as u64);
             let mut plain = Vec::new();
             decompress(io::Cursor::new(blob))
                 .unwrap()
                 .read_to_end(&mut plain)
                 .unwrap();
             assert_eq!(plain, b"layer bytes ".repeat(1000), "{c:?}");
-            assert_eq!(d.diff_id, Digest::of(&plain));
-            assert_eq!(d.tar_size, plain.len() as u64);
         }
     }
 
@@ -186,6 +168,19 @@ mod tests {
             .read_to_end(&mut plain)
             .unwrap();
         assert_eq!(plain.len(), 24_000);
+    }
+
+    #[test]
+    fn xz_layers_from_old_images_decompress() {
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        enc.write_all(b"old docker layer").unwrap();
+        let blob = enc.finish().unwrap();
+        let mut plain = Vec::new();
+        decompress(io::Cursor::new(blob))
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"old docker layer");
     }
 
     #[test]

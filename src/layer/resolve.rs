@@ -6,17 +6,21 @@
 //! ../../..`) is resolved as if the root were `/`, so it can never lead out.
 //! Everything after that works on a directory fd plus ONE name with the
 //! `*at` calls and no-follow flags, so the last component is never followed
-//! either. Nothing here compares path strings to decide safety.
+//! either. Nothing here compares path strings to decide safety. Where
+//! `openat2` is missing (Linux < 5.6, some seccomp profiles) the same
+//! resolution is done one component at a time.
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{
-    mkdirat, openat, openat2, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags,
-    Stat,
+    mkdirat, openat, openat2, readlinkat, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags,
+    ResolveFlags, Stat,
 };
 use rustix::io::Errno;
 
@@ -48,19 +52,71 @@ impl Root {
         if rel.is_empty() {
             return Ok(openat(&self.fd, ".", DIR_FLAGS, Mode::empty())?);
         }
-        let mut tries = 0;
-        loop {
-            match openat2(
-                &self.fd,
-                OsStr::from_bytes(rel),
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-            ) {
-                // The kernel asks for a retry when a rename raced a `..`.
-                Err(Errno::AGAIN) if tries < 16 => tries += 1,
-                r => return Ok(r?),
+        if HAVE_OPENAT2.load(Ordering::Relaxed) {
+            let mut tries = 0;
+            loop {
+                match openat2(
+                    &self.fd,
+                    OsStr::from_bytes(rel),
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+                ) {
+                    // The kernel asks for a retry when a rename raced a `..`.
+                    Err(Errno::AGAIN) if tries < 16 => tries += 1,
+                    // Before Linux 5.6, or hidden by a seccomp profile.
+                    Err(Errno::NOSYS) | Err(Errno::PERM) if tries == 0 => {
+                        HAVE_OPENAT2.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    r => return Ok(r?),
+                }
             }
+        }
+        self.open_dir_walk(rel)
+    }
+
+    /// `RESOLVE_IN_ROOT` done by hand, one component at a time: each
+    /// directory is opened with `O_NOFOLLOW` relative to the last, symlinks
+    /// are read and their targets walked from the root (absolute) or the
+    /// current directory (relative), and `..` pops our own stack of open
+    /// directories, so it stops at the root and cannot be raced by a rename.
+    fn open_dir_walk(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let mut stack: Vec<OwnedFd> = Vec::new();
+        let mut todo: VecDeque<Vec<u8>> = components(rel).collect();
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            if c == b".." {
+                stack.pop();
+                continue;
+            }
+            let cur = stack.last().map_or(self.fd.as_fd(), |f| f.as_fd());
+            match openat(cur, os(&c), DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => stack.push(fd),
+                Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
+                    let st = statat(cur, os(&c), AtFlags::SYMLINK_NOFOLLOW)?;
+                    if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+                        return Err(e.into());
+                    }
+                    links += 1;
+                    if links > 40 {
+                        return Err(Errno::LOOP.into());
+                    }
+                    let target = readlinkat(cur, os(&c), Vec::new())?;
+                    let target = target.as_bytes();
+                    if target.starts_with(b"/") {
+                        stack.clear();
+                    }
+                    for t in components(target).collect::<Vec<_>>().into_iter().rev() {
+                        todo.push_front(t);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match stack.pop() {
+            Some(fd) => Ok(fd),
+            None => Ok(openat(&self.fd, ".", DIR_FLAGS, Mode::empty())?),
         }
     }
 
@@ -88,6 +144,15 @@ impl Root {
         }
         Ok(fd)
     }
+}
+
+/// Whether `openat2` works here; cleared the first time it does not.
+static HAVE_OPENAT2: AtomicBool = AtomicBool::new(true);
+
+fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .map(<[u8]>::to_vec)
 }
 
 pub(crate) fn os(name: &[u8]) -> &OsStr {
@@ -147,6 +212,47 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn same(a: &OwnedFd, b: &Path) -> bool {
+        let x = rustix::fs::fstat(a).unwrap();
+        let y = rustix::fs::stat(b).unwrap();
+        (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+    }
+
+    #[test]
+    fn the_portable_walk_resolves_like_resolve_in_root() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        fs_err::create_dir_all(root.join("etc/ssh")).unwrap();
+        fs_err::create_dir_all(outer.path().join("etc/ssh")).unwrap();
+        fs_err::write(root.join("file"), b"").unwrap();
+        let ln = |t: &str, l: &str| std::os::unix::fs::symlink(t, root.join(l)).unwrap();
+        ln("/etc", "abs");
+        ln("../../../..", "up");
+        ln("up/etc/../etc", "chain");
+        ln("loop2", "loop1");
+        ln("loop1", "loop2");
+        ln("file", "tofile");
+        let r = Root::open(&root).unwrap();
+        for (rel, want) in [
+            ("abs/ssh", "etc/ssh"),
+            ("up", ""),
+            ("up/up/etc", "etc"),
+            ("chain/ssh", "etc/ssh"),
+            ("etc/../../../etc", "etc"),
+        ] {
+            let fd = r.open_dir_walk(rel.as_bytes()).unwrap();
+            assert!(same(&fd, &root.join(want)), "{rel}");
+            let fd = r.open_dir(rel.as_bytes()).unwrap();
+            assert!(same(&fd, &root.join(want)), "openat2 {rel}");
+        }
+        let err = r.open_dir_walk(b"loop1").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        let err = r.open_dir_walk(b"tofile").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
+        let err = r.open_dir_walk(b"abs/missing").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
 
     #[test]
     fn an_absolute_symlink_parent_resolves_inside_the_root() {

@@ -10,12 +10,14 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use fs_err::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender};
 
-use super::compress::{media_type, LayerSink};
+use super::compress::{media_type, BlobSink};
 use super::ustar::{EntryMeta, Kind, TarWriter};
 use super::volatile::{clamp_shadow, Verdict};
-use super::walk::{collect, Source, What};
+use super::walk::{collect, Node, Source, What};
 use super::{LayerError, LayerOptions, LayerReport, WrittenLayer};
+use crate::oci::{Digest, DigestWriter};
 
 /// Deterministic layer from a directory tree (template import from a dir,
 /// and flattening to tar). Entries are sorted by path bytes, parents first;
@@ -55,8 +57,52 @@ fn write_tree(
 ) -> Result<WrittenLayer, LayerError> {
     let mut report = LayerReport::default();
     let nodes = collect(root, source, opts, &mut report)?;
-    let sink = LayerSink::new(out, opts.compression).map_err(LayerError::Write)?;
-    let mut tar = TarWriter::new(sink);
+    let mut blob = BlobSink::new(out, opts.compression).map_err(LayerError::Write)?;
+
+    // Two threads, because compression costs about four times what reading,
+    // framing and hashing do: this one compresses (and owns `out`, which
+    // need not be Send); the other reads files into tar chunks.
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    let (produced, consumed) = std::thread::scope(|s| {
+        let producer = s.spawn(move || produce(root, opts, nodes, report, tx));
+        let mut consumed = Ok(());
+        for chunk in &rx {
+            if let Err(e) = blob.write_all(&chunk) {
+                consumed = Err(e);
+                break;
+            }
+        }
+        drop(rx); // a producer still sending now stops with BrokenPipe
+        (producer.join(), consumed)
+    });
+    let produced = produced.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    consumed.map_err(LayerError::Write)?;
+    let (report, diff_id, tar_size) = produced?;
+    let (digest, size) = blob.finish().map_err(LayerError::Write)?;
+    Ok(WrittenLayer {
+        digest,
+        diff_id,
+        size,
+        uncompressed_size: tar_size,
+        media_type: media_type(opts.compression).to_string(),
+        report,
+    })
+}
+
+/// The reading half: nodes in, tar chunks out; returns the report, the
+/// diff_id and the tar's size.
+fn produce(
+    root: &Path,
+    opts: &LayerOptions,
+    nodes: Vec<Node>,
+    mut report: LayerReport,
+    tx: SyncSender<Vec<u8>>,
+) -> Result<(LayerReport, Digest, u64), LayerError> {
+    let chunks = ChunkWriter {
+        buf: Vec::with_capacity(CHUNK + BLOCK_SLACK),
+        tx,
+    };
+    let mut tar = TarWriter::new(DigestWriter::new(chunks));
     let mut first_of_inode: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
 
     for node in nodes {
@@ -83,7 +129,7 @@ fn write_tree(
                     xattrs,
                 };
                 let ft = meta.file_type();
-                let mut data: Option<Box<dyn Read>> = None;
+                let mut data: Option<Tracked> = None;
                 if ft.is_dir() {
                     entry.kind = Kind::Dir;
                 } else if ft.is_symlink() {
@@ -95,14 +141,21 @@ fn write_tree(
                     // Link permissions mean nothing on Linux and differ by
                     // filesystem; fix them so equal trees stay equal.
                     entry.mode = 0o777;
-                } else if let Some(target) =
-                    hardlink_target(&meta, &entry.path, &mut first_of_inode)
+                } else if let Some(target) = (verdict == Verdict::Keep)
+                    .then(|| hardlink_target(&meta, &entry.path, &mut first_of_inode))
+                    .flatten()
                 {
+                    // Only unchanged files share an inode in the layer: an
+                    // emptied machine-id must not become a link to, or the
+                    // target of, a name that still has the content.
                     entry.kind = Kind::Hardlink { target };
                 } else if ft.is_file() {
                     let (size, reader) = file_data(&path, &meta, verdict, opts.epoch)?;
                     entry.kind = Kind::Regular { size };
-                    data = reader;
+                    data = reader.map(|inner| Tracked {
+                        inner,
+                        failed: false,
+                    });
                 } else if ft.is_char_device() || ft.is_block_device() {
                     let rdev = meta.rdev();
                     let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
@@ -116,28 +169,73 @@ fn write_tree(
                 } else {
                     continue; // a socket
                 }
-                tar.append(&entry, data.as_mut().map(|d| d as &mut dyn Read))
-                    .map_err(|e| {
-                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                let res = tar.append(&entry, data.as_mut().map(|d| d as &mut dyn Read));
+                if let Err(e) = res {
+                    let source_failed = data.as_ref().is_some_and(|d| d.failed);
+                    return Err(
+                        if source_failed || e.kind() == io::ErrorKind::UnexpectedEof {
                             source_err("reading", &path, e)
                         } else {
                             LayerError::Write(e)
-                        }
-                    })?;
+                        },
+                    );
+                }
             }
         }
     }
     report.entries = tar.entries();
-    let sink = tar.finish().map_err(LayerError::Write)?;
-    let d = sink.finish().map_err(LayerError::Write)?;
-    Ok(WrittenLayer {
-        digest: d.digest,
-        diff_id: d.diff_id,
-        size: d.size,
-        uncompressed_size: d.tar_size,
-        media_type: media_type(opts.compression).to_string(),
-        report,
-    })
+    let hashed = tar.finish().map_err(LayerError::Write)?;
+    let (mut chunks, diff_id, tar_size) = hashed.finish();
+    chunks.flush().map_err(LayerError::Write)?;
+    Ok((report, diff_id, tar_size))
+}
+
+const CHUNK: usize = 1 << 20;
+const BLOCK_SLACK: usize = 64 << 10;
+
+/// Collects the tar into 1 MiB chunks for the compressing thread.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: SyncSender<Vec<u8>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + BLOCK_SLACK));
+        self.tx
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the layer writer stopped"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+/// A source file reader that remembers whether reading failed, so that a
+/// read error is reported against the file, not the blob being written.
+struct Tracked {
+    inner: Box<dyn Read>,
+    failed: bool,
+}
+
+impl Read for Tracked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed = true)
+    }
 }
 
 fn clamp(mtime: i64, epoch: Option<i64>) -> i64 {

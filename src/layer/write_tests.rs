@@ -189,6 +189,20 @@ fn first_sorted_path_of_an_inode_is_the_file_and_later_ones_link_to_it() {
 }
 
 #[test]
+fn an_emptied_secret_is_never_a_hardlink_to_its_content() {
+    let d = tempfile::tempdir().unwrap();
+    put(d.path(), "etc/machine-id", b"0123456789abcdef\n");
+    fs_err::create_dir_all(d.path().join("boot")).unwrap();
+    fs_err::hard_link(d.path().join("etc/machine-id"), d.path().join("boot/id")).unwrap();
+    fs_err::hard_link(d.path().join("etc/machine-id"), d.path().join("etc/zz")).unwrap();
+    let es = entries(&write(d.path(), &opts()).0);
+    let mid = es.iter().find(|e| e.path == b"etc/machine-id").unwrap();
+    assert_eq!((mid.ty, mid.size), (tar::EntryType::Regular, 0));
+    let zz = es.iter().find(|e| e.path == b"etc/zz").unwrap();
+    assert_eq!(zz.link.as_deref(), Some(&b"boot/id"[..]));
+}
+
+#[test]
 fn symlinks_devices_fifos_long_and_odd_names_are_kept_and_sockets_skipped() {
     if !is_root() {
         eprintln!("skipped: needs root for device nodes");
