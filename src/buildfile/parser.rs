@@ -321,16 +321,6 @@ impl Parser<'_> {
         span: Span,
         rep: &mut Reporter,
     ) -> Option<InstructionKind> {
-        if let Some((script, heredoc)) = &l.heredoc {
-            if script.chars().all(char::is_whitespace) {
-                rep.error(span, 3, "empty RUN heredoc".into(), None);
-                return None;
-            }
-            return Some(InstructionKind::Run {
-                script: script.clone(),
-                heredoc: *heredoc,
-            });
-        }
         let body: String = l.chars[end..].iter().collect();
         let script = body.trim_matches([' ', '\t']);
         if script.is_empty() {
@@ -361,6 +351,16 @@ impl Parser<'_> {
                 Some("RUN takes no flags; the rest of the line goes to the shell as it is".into()),
             );
             return None;
+        }
+        if let Some((script, heredoc)) = &l.heredoc {
+            if script.chars().all(char::is_whitespace) {
+                rep.error(span, 3, "empty RUN heredoc".into(), None);
+                return None;
+            }
+            return Some(InstructionKind::Run {
+                script: script.clone(),
+                heredoc: *heredoc,
+            });
         }
         Some(InstructionKind::Run {
             script: script.to_string(),

@@ -410,6 +410,10 @@ fn unknown_flags() {
         errors(&format!("{FROM}KEEP --all\n")),
         ["2:6 unknown flag `--all` for KEEP"]
     );
+    assert_eq!(
+        errors(&format!("{FROM}RUN --network=none cat <<EOF\nx\nEOF\n")),
+        ["2:5 unknown flag `--network=none` for RUN"]
+    );
 }
 
 #[test]
