@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::oci::{
-    Descriptor, Digest, ImageConfig, Manifest, MediaType, RootFs, RuntimeConfig,
-};
+use crate::oci::{Descriptor, Digest, ImageConfig, Manifest, MediaType, RootFs, RuntimeConfig};
 
 #[derive(Debug, Clone)]
 pub struct Image {

@@ -7,12 +7,16 @@
 //! the step in an [`engine`] and turns the diff into a normalized [`layer`];
 //! the final image goes to [`export`]ers and the [`registry`].
 
+pub mod build;
 pub mod buildfile;
 pub mod cli;
+pub mod engine;
 pub mod export;
 pub mod image;
 pub mod layer;
 pub mod oci;
+pub mod plan;
+pub mod progress;
 pub mod registry;
 pub mod store;
 pub mod template;

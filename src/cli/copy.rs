@@ -39,9 +39,14 @@ pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
     let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
         .await
         .with_context(|| format!("pulling {target}"))?;
-    transfer::ensure_blobs(&ctx.store, &client, &resolved.source, resolved.image.layers())
-        .await
-        .with_context(|| format!("pulling the layers of {target}"))?;
+    transfer::ensure_blobs(
+        &ctx.store,
+        &client,
+        &resolved.source,
+        resolved.image.layers(),
+    )
+    .await
+    .with_context(|| format!("pulling the layers of {target}"))?;
     eprintln!(
         "pulled {} ({})",
         resolved.pinned,
@@ -66,12 +71,23 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
     };
     // Blobs are fetched into the store first, even when a mount will make
     // the upload unnecessary: a registry may refuse the mount.
-    transfer::ensure_blobs(&ctx.store, &client, &resolved.source, resolved.image.layers())
-        .await
-        .with_context(|| format!("reading the layers of {src}"))?;
-    let digest = transfer::publish(&ctx.store, &client, &resolved.image, &dest, mount_from.as_ref())
-        .await
-        .with_context(|| format!("writing {dest}"))?;
+    transfer::ensure_blobs(
+        &ctx.store,
+        &client,
+        &resolved.source,
+        resolved.image.layers(),
+    )
+    .await
+    .with_context(|| format!("reading the layers of {src}"))?;
+    let digest = transfer::publish(
+        &ctx.store,
+        &client,
+        &resolved.image,
+        &dest,
+        mount_from.as_ref(),
+    )
+    .await
+    .with_context(|| format!("writing {dest}"))?;
     eprintln!("copied {} to {dest}", resolved.pinned);
     println!("{digest}");
     Ok(())

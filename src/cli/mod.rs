@@ -2,8 +2,11 @@
 //! one file per subcommand. Errors travel up as `anyhow::Error`; `report`
 //! prints them and picks the exit code.
 
+mod build;
 mod copy;
 mod template;
+
+pub use template::human_size;
 
 use std::path::PathBuf;
 
@@ -70,6 +73,10 @@ pub enum Command {
     Pull(copy::PullArgs),
     /// Copy an image between registries and OCI layouts, like `crane copy`.
     Copy(copy::CopyArgs),
+    /// Show each step of a Buildfile with its cache key, HIT or MISS and why.
+    Plan(build::PlanArgs),
+    /// Build a Buildfile: run the missing steps, cache them, export the result.
+    Build(build::BuildArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -98,8 +105,9 @@ pub struct Context {
 impl Context {
     pub fn new(global: GlobalArgs) -> anyhow::Result<Self> {
         let home = global.home.clone().unwrap_or_else(Store::default_home);
-        let store = Store::open(&home)
-            .map_err(|e| anyhow::anyhow!(e).context(format!("opening the store at {}", home.display())))?;
+        let store = Store::open(&home).map_err(|e| {
+            anyhow::anyhow!(e).context(format!("opening the store at {}", home.display()))
+        })?;
         Ok(Context { store, global })
     }
 
@@ -130,6 +138,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Template(t) => template::run(&ctx, t).await,
         Command::Pull(a) => copy::pull(&ctx, a).await,
         Command::Copy(a) => copy::copy(&ctx, a).await,
+        Command::Plan(a) => build::plan_cmd(&ctx, a).await,
+        Command::Build(a) => build::build_cmd(&ctx, a).await,
     }
 }
 
@@ -181,12 +191,17 @@ pub fn report(err: &anyhow::Error) -> u8 {
     for cause in chain {
         eprintln!("  caused by: {cause}");
     }
-    for cause in err.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
+    // A Failure may be the error itself, a context on it, or a cause.
+    let failures = err
+        .downcast_ref::<Failure>()
+        .into_iter()
+        .chain(err.chain().filter_map(|c| c.downcast_ref::<Failure>()));
+    for f in failures {
+        if code == exit::FAILURE {
             code = f.code;
-            if hint.is_none() {
-                hint = f.hint.clone();
-            }
+        }
+        if hint.is_none() {
+            hint = f.hint.clone();
         }
     }
     if let Some(h) = hint {

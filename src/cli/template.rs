@@ -89,9 +89,7 @@ fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, Str
             kv.split_once('=')
                 .filter(|(k, _)| !k.is_empty())
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| {
-                    Failure::bad_input(format!("{what} {kv:?} is not KEY=VALUE")).into()
-                })
+                .ok_or_else(|| Failure::bad_input(format!("{what} {kv:?} is not KEY=VALUE")).into())
         })
         .collect()
 }
@@ -100,7 +98,11 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     let target = parse_target(&a.reference)?;
     let opts = ImportOptions {
         annotations: parse_kv(&a.annotations, "annotation")?,
-        platform: a.platform.as_deref().map(|p| parse_platform(Some(p))).transpose()?,
+        platform: a
+            .platform
+            .as_deref()
+            .map(|p| parse_platform(Some(p)))
+            .transpose()?,
         force: a.force,
         compression: if a.compression == "zstd" {
             Compression::Zstd
@@ -187,7 +189,12 @@ async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
     println!("Size:       {}", human_size(image.layers_size()));
     println!("Layers:");
     for l in image.layers() {
-        println!("  {}  {:>10}  {}", l.digest, human_size(l.size), l.media_type);
+        println!(
+            "  {}  {:>10}  {}",
+            l.digest,
+            human_size(l.size),
+            l.media_type
+        );
     }
     if !image.annotations().is_empty() {
         println!("Annotations:");

@@ -152,9 +152,17 @@ pub struct RuntimeConfig {
     pub env: Vec<String>,
     #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub entrypoint: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub working_dir: Option<String>,
     #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -210,10 +218,15 @@ impl ManifestDoc {
         if has_layers && has_manifests {
             return Err(ManifestError::Ambiguous);
         }
-        let declared = v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string);
+        let declared = v
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .map(str::to_string);
         let served = served
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
-            .filter(|s| !s.is_empty() && s != "application/json" && s != "application/octet-stream");
+            .filter(|s| {
+                !s.is_empty() && s != "application/json" && s != "application/octet-stream"
+            });
         if let (Some(d), Some(s)) = (&declared, &served) {
             if d != s {
                 return Err(ManifestError::MediaTypeMismatch {
@@ -226,7 +239,9 @@ impl ManifestDoc {
         let is_index = match media.as_deref().map(MediaType::parse) {
             Some(m) if m.is_index() => true,
             Some(m) if m.is_manifest() => false,
-            Some(MediaType::Other(o)) if !o.is_empty() => return Err(ManifestError::Unsupported(o)),
+            Some(MediaType::Other(o)) if !o.is_empty() => {
+                return Err(ManifestError::Unsupported(o))
+            }
             _ => has_manifests,
         };
         if is_index {
@@ -244,7 +259,10 @@ mod tests {
     #[test]
     fn manifest_with_layers_and_manifests_is_rejected() {
         let doc = br#"{"schemaVersion":2,"layers":[],"manifests":[],"config":{}}"#;
-        assert!(matches!(ManifestDoc::parse(doc, None), Err(ManifestError::Ambiguous)));
+        assert!(matches!(
+            ManifestDoc::parse(doc, None),
+            Err(ManifestError::Ambiguous)
+        ));
     }
 
     #[test]
@@ -254,7 +272,10 @@ mod tests {
             MediaType::OCI_INDEX
         );
         let err = ManifestDoc::parse(doc.as_bytes(), Some(MediaType::OCI_MANIFEST)).unwrap_err();
-        assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, ManifestError::MediaTypeMismatch { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ impl MediaType {
     pub const OCI_LAYER_GZIP: &'static str = "application/vnd.oci.image.layer.v1.tar+gzip";
     pub const OCI_LAYER_ZSTD: &'static str = "application/vnd.oci.image.layer.v1.tar+zstd";
     pub const OCI_LAYER_TAR: &'static str = "application/vnd.oci.image.layer.v1.tar";
-    pub const DOCKER_MANIFEST: &'static str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_MANIFEST: &'static str =
+        "application/vnd.docker.distribution.manifest.v2+json";
     pub const DOCKER_MANIFEST_LIST: &'static str =
         "application/vnd.docker.distribution.manifest.list.v2+json";
     pub const DOCKER_CONFIG: &'static str = "application/vnd.docker.container.image.v1+json";

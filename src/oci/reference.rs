@@ -87,7 +87,8 @@ impl Reference {
         if repository.is_empty()
             || !repository.split('/').all(|c| {
                 !c.is_empty()
-                    && c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                    && c.bytes()
+                        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
                     && c.as_bytes()[0].is_ascii_alphanumeric()
             })
         {
@@ -96,7 +97,8 @@ impl Reference {
         if let Some(t) = &tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
                 && !t.starts_with(['.', '-']);
             if !ok {
                 return Err(ReferenceError::Tag(err_ref()));
@@ -146,7 +148,10 @@ impl Reference {
         let host = host_of(&self.registry);
         host == "localhost"
             || host == "::1"
-            || host.parse::<std::net::Ipv4Addr>().map(|a| a.is_loopback()).unwrap_or(false)
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .map(|a| a.is_loopback())
+                .unwrap_or(false)
     }
 }
 
@@ -243,7 +248,12 @@ mod tests {
 
     #[test]
     fn bad_references_are_rejected() {
-        for bad in ["", "Host.example/UPPER:1", "h.example/repo:bad tag", "h.example/repo@sha256:../../x"] {
+        for bad in [
+            "",
+            "Host.example/UPPER:1",
+            "h.example/repo:bad tag",
+            "h.example/repo@sha256:../../x",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

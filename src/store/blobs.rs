@@ -44,14 +44,17 @@ impl Store {
 
     /// Size of a stored blob, if present.
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
-        fs_err::metadata(self.blob_path(digest)).ok().map(|m| m.len())
+        fs_err::metadata(self.blob_path(digest))
+            .ok()
+            .map(|m| m.len())
     }
 
     /// Read a small blob whole, verifying it. A corrupt blob is removed.
     pub fn read_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let mut r = self.open_blob(digest)?;
         let mut buf = Vec::new();
-        r.read_to_end(&mut buf).map_err(|e| self.map_verify_error(digest, e))?;
+        r.read_to_end(&mut buf)
+            .map_err(|e| self.map_verify_error(digest, e))?;
         Ok(buf)
     }
 
@@ -105,6 +108,17 @@ impl Store {
 impl BlobWriter {
     pub fn written(&self) -> u64 {
         self.inner.written()
+    }
+
+    /// Discard everything written so far (a download restarting from the
+    /// first byte).
+    pub fn restart(&mut self) -> io::Result<()> {
+        let fresh = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(self.store.tmp_dir())?;
+        // The old temp file is deleted when it drops.
+        self.inner = DigestWriter::new(io::BufWriter::with_capacity(256 * 1024, fresh));
+        Ok(())
     }
 
     /// Flush, fsync, verify against `expected` (if given) and move the blob
@@ -221,7 +235,10 @@ mod tests {
         fs_err::write(s.blob_path(&d), b"some layer").unwrap();
         let err = s.read_bytes(&d).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-        assert!(!s.has_blob(&d), "a corrupt blob must not stay under its digest");
+        assert!(
+            !s.has_blob(&d),
+            "a corrupt blob must not stay under its digest"
+        );
         assert!(matches!(s.verify_blob(&d), Err(StoreError::Missing { .. })));
     }
 

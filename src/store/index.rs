@@ -73,7 +73,8 @@ pub fn set_name_in_layout(layout: &Path, name: &str, desc: &Descriptor) -> Resul
         .manifests
         .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(name));
     let mut desc = desc.clone();
-    desc.annotations.insert(REF_NAME.to_string(), name.to_string());
+    desc.annotations
+        .insert(REF_NAME.to_string(), name.to_string());
     index.manifests.push(desc);
     let bytes = serde_json::to_vec_pretty(&index).expect("an index always serialises");
     write_atomic(layout, &path, &bytes)?;

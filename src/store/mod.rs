@@ -24,7 +24,7 @@
 
 mod blobs;
 pub mod index;
-mod steps;
+pub mod steps;
 
 use std::path::{Path, PathBuf};
 

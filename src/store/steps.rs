@@ -32,7 +32,10 @@ pub const STEP_RECORD_VERSION: u32 = 1;
 
 impl Store {
     pub fn get_step(&self, key: &Digest) -> Result<Option<StepRecord>, StoreError> {
-        let path = self.root().join("steps-v1").join(format!("{}.json", key.hex()));
+        let path = self
+            .root()
+            .join("steps-v1")
+            .join(format!("{}.json", key.hex()));
         let bytes = match fs_err::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -75,13 +78,19 @@ impl Store {
     /// A small JSON document stored by name, e.g. the inputs of the last
     /// build of a Buildfile (so `plan` can explain a miss).
     pub fn get_note(&self, name: &Digest) -> Option<serde_json::Value> {
-        let path = self.root().join("steps-v1").join(format!("note-{}.json", name.hex()));
+        let path = self
+            .root()
+            .join("steps-v1")
+            .join(format!("note-{}.json", name.hex()));
         let bytes = fs_err::read(path).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     pub fn put_note(&self, name: &Digest, value: &serde_json::Value) -> Result<(), StoreError> {
-        let path = self.root().join("steps-v1").join(format!("note-{}.json", name.hex()));
+        let path = self
+            .root()
+            .join("steps-v1")
+            .join(format!("note-{}.json", name.hex()));
         let bytes = serde_json::to_vec_pretty(value).expect("JSON values serialise");
         write_atomic(self.root(), &path, &bytes)?;
         Ok(())

@@ -54,7 +54,11 @@ pub struct Imported {
 
 /// Build the template image from `source` into the store (blocking: call
 /// from `spawn_blocking`).
-pub fn import(store: &Store, source: &Path, opts: &ImportOptions) -> Result<Imported, TemplateError> {
+pub fn import(
+    store: &Store,
+    source: &Path,
+    opts: &ImportOptions,
+) -> Result<Imported, TemplateError> {
     let meta = fs_err::metadata(source).map_err(|_| TemplateError::Missing {
         path: source.to_path_buf(),
     })?;
@@ -120,6 +124,11 @@ pub fn import(store: &Store, source: &Path, opts: &ImportOptions) -> Result<Impo
     let mut writer = store.blob_writer()?;
     let written = layer::write_dir(root, &mut writer, &layer_opts).map_err(TemplateError::Layer)?;
     writer.commit(Some((&written.digest, written.size)))?;
+    crate::build::run::remember_uncompressed_size(
+        store,
+        &written.diff_id,
+        written.uncompressed_size,
+    );
 
     // `created` must not depend on when the import ran, or importing the
     // same source twice would give two digests: SOURCE_DATE_EPOCH, else the
@@ -166,7 +175,11 @@ pub fn import(store: &Store, source: &Path, opts: &ImportOptions) -> Result<Impo
         info.packages.len().to_string(),
     );
     annotations.extend(opts.annotations.clone());
-    let layer_desc = Descriptor::new(written.media_type.clone(), written.digest.clone(), written.size);
+    let layer_desc = Descriptor::new(
+        written.media_type.clone(),
+        written.digest.clone(),
+        written.size,
+    );
     let image = Image::assemble(config, vec![layer_desc], annotations);
     crate::transfer::store_image(store, &image)?;
     Ok(Imported {

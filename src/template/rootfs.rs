@@ -86,7 +86,9 @@ fn read_regular(root: &Path, rel: &str) -> Option<String> {
         }
         let inner = parts.join("/");
         let m = fs_err::symlink_metadata(root.join(&inner)).ok()?;
-        return m.is_file().then(|| fs_err::read_to_string(root.join(inner)).ok())?;
+        return m
+            .is_file()
+            .then(|| fs_err::read_to_string(root.join(inner)).ok())?;
     }
     meta.is_file().then(|| fs_err::read_to_string(path).ok())?
 }
@@ -180,8 +182,11 @@ mod tests {
     fn os_release_link_out_of_the_rootfs_is_not_followed() {
         let d = tempfile::tempdir().unwrap();
         fs_err::create_dir_all(d.path().join("etc")).unwrap();
-        std::os::unix::fs::symlink("../../../../../../etc/os-release", d.path().join("etc/os-release"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../../etc/os-release",
+            d.path().join("etc/os-release"),
+        )
+        .unwrap();
         assert!(!RootfsInfo::read(d.path()).has_os_release());
     }
 }

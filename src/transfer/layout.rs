@@ -15,7 +15,11 @@ fn blob_path(dir: &Path, d: &Digest) -> std::path::PathBuf {
 }
 
 /// Copy one blob from a layout into the store, verifying digest and size.
-pub(super) fn copy_blob_in(store: &Store, dir: &Path, desc: &Descriptor) -> Result<(), TransferError> {
+pub(super) fn copy_blob_in(
+    store: &Store,
+    dir: &Path,
+    desc: &Descriptor,
+) -> Result<(), TransferError> {
     if store.has_blob(&desc.digest) {
         return Ok(());
     }
@@ -62,7 +66,9 @@ pub fn read_layout_image(
         })
         .ok_or_else(|| TransferError::LayoutTagMissing {
             dir: dir.display().to_string(),
-            tag: digest.map(|d| d.to_string()).unwrap_or_else(|| tag.to_string()),
+            tag: digest
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| tag.to_string()),
         })?
         .clone();
     let what = format!("oci:{}:{tag}", dir.display());
@@ -70,9 +76,9 @@ pub fn read_layout_image(
     let manifest_bytes = read_small(store, dir, &manifest_desc)?;
     let doc = ManifestDoc::parse(&manifest_bytes, Some(&manifest_desc.media_type))?;
     let ManifestDoc::Image(manifest) = doc else {
-        return Err(TransferError::Manifest(crate::oci::ManifestError::Unsupported(
-            "nested image index".into(),
-        )));
+        return Err(TransferError::Manifest(
+            crate::oci::ManifestError::Unsupported("nested image index".into()),
+        ));
     };
     let config_bytes = read_small(store, dir, &manifest.config)?;
     Ok(Image::from_parts(manifest_bytes, config_bytes)?)
@@ -97,7 +103,11 @@ fn select(
 }
 
 /// Pick a platform's manifest from an index.
-pub fn pick_platform(index: &ImageIndex, platform: &Platform, what: &str) -> Result<Descriptor, TransferError> {
+pub fn pick_platform(
+    index: &ImageIndex,
+    platform: &Platform,
+    what: &str,
+) -> Result<Descriptor, TransferError> {
     index
         .manifests
         .iter()
@@ -116,7 +126,12 @@ pub fn pick_platform(index: &ImageIndex, platform: &Platform, what: &str) -> Res
 }
 
 /// Write an image (all blobs in the store) into a layout under `tag`.
-pub fn write_layout_image(store: &Store, image: &Image, dir: &Path, tag: &str) -> Result<(), TransferError> {
+pub fn write_layout_image(
+    store: &Store,
+    image: &Image,
+    dir: &Path,
+    tag: &str,
+) -> Result<(), TransferError> {
     fs_err::create_dir_all(dir.join("blobs").join("sha256"))?;
     fs_err::create_dir_all(dir.join("tmp"))?;
     let layout_file = dir.join("oci-layout");
@@ -128,11 +143,17 @@ pub fn write_layout_image(store: &Store, image: &Image, dir: &Path, tag: &str) -
         .iter()
         .map(|l| (l.digest.clone(), l.size))
         .collect();
-    blobs.push((image.manifest.config.digest.clone(), image.manifest.config.size));
+    blobs.push((
+        image.manifest.config.digest.clone(),
+        image.manifest.config.size,
+    ));
     blobs.push((image.digest(), image.manifest_bytes.len() as u64));
     for (digest, size) in blobs {
         let dest = blob_path(dir, &digest);
-        if fs_err::metadata(&dest).map(|m| m.len() == size).unwrap_or(false) {
+        if fs_err::metadata(&dest)
+            .map(|m| m.len() == size)
+            .unwrap_or(false)
+        {
             continue;
         }
         let mut src = store.open_blob(&digest)?;
@@ -140,7 +161,9 @@ pub fn write_layout_image(store: &Store, image: &Image, dir: &Path, tag: &str) -
         std::io::copy(&mut src, &mut tmp).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
                 store.forget_corrupt(&digest);
-                TransferError::Store(StoreError::Corrupt { digest: digest.clone() })
+                TransferError::Store(StoreError::Corrupt {
+                    digest: digest.clone(),
+                })
             } else {
                 e.into()
             }

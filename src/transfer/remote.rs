@@ -16,7 +16,10 @@ pub(super) async fn resolve(
     let resolved = client.resolve_image(r, platform).await?;
     store.put_bytes(&resolved.manifest.bytes)?;
     store.put_bytes(&resolved.config_bytes)?;
-    let image = Image::from_parts(resolved.manifest.bytes.clone(), resolved.config_bytes.clone())?;
+    let image = Image::from_parts(
+        resolved.manifest.bytes.clone(),
+        resolved.config_bytes.clone(),
+    )?;
     let pinned = r.with_digest(image.digest());
     Ok(Resolved {
         pinned: pinned.to_string(),
@@ -31,10 +34,23 @@ pub(super) async fn pull_blob(
     r: &Reference,
     desc: &Descriptor,
 ) -> Result<(), TransferError> {
-    let mut w = store.blob_writer()?;
-    client.pull_blob(r, desc, &mut w).await?;
-    w.commit(Some((&desc.digest, desc.size)))?;
+    let mut sink = StoreSink(store.blob_writer()?);
+    client.pull_blob(r, desc, &mut sink).await?;
+    sink.0.commit(Some((&desc.digest, desc.size)))?;
     Ok(())
+}
+
+/// The registry client streams into the store's verified writer.
+struct StoreSink(crate::store::BlobWriter);
+
+impl crate::registry::BlobSink for StoreSink {
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.0, buf)
+    }
+
+    async fn restart(&mut self) -> std::io::Result<()> {
+        self.0.restart()
+    }
 }
 
 pub(super) async fn push_image(
@@ -61,7 +77,12 @@ pub(super) async fn push_image(
     let target = if r.digest.is_some() && r.tag.is_none() {
         r.clone()
     } else {
-        Reference { digest: None, ..r.clone() }
+        Reference {
+            digest: None,
+            ..r.clone()
+        }
     };
-    Ok(client.put_manifest(&target, &image.manifest_bytes, &media).await?)
+    Ok(client
+        .put_manifest(&target, &image.manifest_bytes, &media)
+        .await?)
 }

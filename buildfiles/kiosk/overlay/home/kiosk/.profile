@@ -1,0 +1,2 @@
+# Read by sh for the kiosk user's logins.
+export LESSSECURE=1

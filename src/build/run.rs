@@ -1,0 +1,318 @@
+//! Running one step in the engine and turning its change into a layer.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+use super::signals::Signals;
+use super::{location, record_for, BuildError, BuildOptions};
+use crate::engine::{self, Container, ContainerSpec, Engine, LoadLayer, LoadSpec};
+use crate::image::Image;
+use crate::layer::{self, Hygiene, LayerOptions};
+use crate::oci::{Compression, Descriptor, Digest};
+use crate::plan::{Plan, Step, StepKind};
+use crate::progress::Progress;
+use crate::registry::Client;
+use crate::store::{StepRecord, Store};
+use crate::transfer;
+
+/// Paths an engine puts into a container's upper dir that are not the
+/// step's work: mount points for files the engine bind-mounts, and
+/// Podman's marker file. Docker keeps these in a separate init layer.
+pub const ENGINE_PATHS: &[&str] = &[
+    "run/.containerenv",
+    "etc/hosts",
+    "etc/hostname",
+    "etc/resolv.conf",
+    ".dockerenv",
+    // Podman links /etc/mtab to /proc/mounts when the image has none.
+    "etc/mtab",
+];
+
+pub struct Runner {
+    engine: Engine,
+    network: engine::Network,
+    pub containers_created: usize,
+}
+
+impl Runner {
+    pub async fn connect(opts: &BuildOptions, progress: &Progress) -> anyhow::Result<Self> {
+        let engine = engine::connect(opts.engine).await?;
+        let info = engine.info();
+        progress.note(
+            "engine",
+            &format!(
+                "using {} {} (API {}) at {}",
+                info.kind, info.version, info.api_version, info.host
+            ),
+        );
+        match engine.cleanup_leftovers().await {
+            Ok(0) => {}
+            Ok(n) => progress.note(
+                "cleanup",
+                &format!("removed {n} container(s) left by an interrupted tplbuild"),
+            ),
+            Err(e) => progress.warn(&format!("could not look for leftover containers: {e}")),
+        }
+        Ok(Runner {
+            engine,
+            network: opts.network,
+            containers_created: 0,
+        })
+    }
+
+    /// Make the engine hold exactly `image`'s layers under a tag derived
+    /// from its digest; load it only if the engine does not have it.
+    async fn ensure_state(
+        &self,
+        store: &Store,
+        client: &Client,
+        plan: &Plan,
+        image: &Image,
+    ) -> anyhow::Result<String> {
+        let tag = format!("tplbuild/state:{}", image.digest().hex());
+        if self.engine.has_image(&tag).await? {
+            return Ok(tag);
+        }
+        transfer::ensure_blobs(store, client, &plan.base.source, image.layers())
+            .await
+            .context("fetching the parent layers")?;
+        let mut layers = vec![];
+        for (desc, diff_id) in image.layers().iter().zip(image.diff_ids()) {
+            layers.push(LoadLayer {
+                blob_path: store.blob_path(&desc.digest),
+                compression: desc
+                    .media()
+                    .layer_compression()
+                    .unwrap_or(Compression::Gzip),
+                diff_id: diff_id.clone(),
+                uncompressed_size: uncompressed_size(store, desc, diff_id)?,
+            });
+        }
+        let spec = LoadSpec {
+            config_json: image.config_bytes.clone(),
+            layers,
+        };
+        self.engine.load_image(&tag, &spec).await.with_context(|| {
+            format!("loading the parent image into {}", self.engine.info().kind)
+        })?;
+        Ok(tag)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_step(
+        &mut self,
+        store: &Store,
+        client: &Client,
+        plan: &Plan,
+        step: &Step,
+        parent: &Image,
+        key: &Digest,
+        inputs: BTreeMap<String, String>,
+        progress: &mut Progress,
+        signals: &Signals,
+    ) -> anyhow::Result<StepRecord> {
+        let loc = location(plan, step.span);
+        let wrap = |e: anyhow::Error| BuildError::Step {
+            location: loc.clone(),
+            text: step.text.clone(),
+            source: e,
+        };
+        if let StepKind::Copy { chown: Some(c), .. } = &step.kind {
+            if c.split(':').any(|part| part.parse::<u32>().is_err()) {
+                // Names are looked up in the parent's /etc/passwd and /etc/group.
+                transfer::ensure_blobs(store, client, &plan.base.source, parent.layers())
+                    .await
+                    .map_err(|e| wrap(e.into()))?;
+            }
+        }
+        let tag = self
+            .ensure_state(store, client, plan, parent)
+            .await
+            .map_err(wrap)?;
+        let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if step.kind.uses_apt() {
+            env.push("DEBIAN_FRONTEND=noninteractive".into());
+        }
+        let spec = ContainerSpec {
+            image: tag,
+            env,
+            script: step.kind.script(),
+            network: self.network,
+        };
+        let container = self
+            .engine
+            .create(&spec)
+            .await
+            .map_err(|e| wrap(e.into()))?;
+        self.containers_created += 1;
+        // From here on the container is removed on every path.
+        let result = tokio::select! {
+            r = self.work(store, plan, step, parent, key, inputs, &container, progress) => r,
+            i = signals.wait() => Err(i.into()),
+        };
+        if let Err(e) = self.engine.remove(&container).await {
+            progress.warn(&format!("could not remove container {}: {e}", container.id));
+        }
+        result.map_err(|e| match e.downcast::<BuildError>() {
+            Ok(b) => b.into(),
+            Err(e) => match e.downcast::<super::Interrupted>() {
+                Ok(i) => i.into(),
+                Err(e) => wrap(e).into(),
+            },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn work(
+        &self,
+        store: &Store,
+        plan: &Plan,
+        step: &Step,
+        parent: &Image,
+        key: &Digest,
+        inputs: BTreeMap<String, String>,
+        container: &Container,
+        progress: &mut Progress,
+    ) -> anyhow::Result<StepRecord> {
+        match &step.kind {
+            StepKind::Copy {
+                sources,
+                dest,
+                chown,
+                chmod,
+            } => {
+                let (uid, gid) = resolve_chown(store, parent, chown.as_deref())?;
+                let attrs = super::copy::CopyAttrs {
+                    uid,
+                    gid,
+                    chmod: *chmod,
+                    mtime: plan.epoch.max(0) as u64,
+                };
+                let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
+                super::copy::write_copy_tar(
+                    &plan.buildfile.context,
+                    sources,
+                    dest,
+                    &attrs,
+                    &mut tmp,
+                )
+                .context("reading the COPY sources (did they change after planning?)")?;
+                tmp.flush()?;
+                let file = tokio::fs::File::open(tmp.path()).await?;
+                self.engine
+                    .upload(container, "/", tokio_util::io::ReaderStream::new(file))
+                    .await?;
+            }
+            _ => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let engine = self.engine.clone();
+                let c = container.clone();
+                let run = tokio::spawn(async move {
+                    engine
+                        .run(&c, move |line| {
+                            let _ = tx.send(line.to_string());
+                        })
+                        .await
+                });
+                while let Some(line) = rx.recv().await {
+                    progress.output(step.number, &line);
+                }
+                let code = run.await??;
+                if code != 0 {
+                    return Err(BuildError::StepFailed {
+                        location: location(plan, step.span),
+                        text: step.text.clone(),
+                        code,
+                        tail: progress.tail(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let upper = self
+            .engine
+            .upper_dir(container)
+            .await?
+            .context("the engine did not expose the container's overlay upper dir (the API diff path is not implemented yet)")?;
+        let keep = &plan.keep;
+        let opts = LayerOptions {
+            epoch: Some(plan.epoch),
+            compression: Compression::Gzip,
+            drop_volatile: true,
+            hygiene: Hygiene {
+                ssh_host_keys: !keep.iter().any(|k| k == "ssh-host-keys"),
+                machine_id: !keep.iter().any(|k| k == "machine-id"),
+                random_seed: !keep.iter().any(|k| k == "random-seed"),
+            },
+            exclude: ENGINE_PATHS.iter().map(|s| s.to_string()).collect(),
+        };
+        let store2 = store.clone();
+        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut w = store2.blob_writer()?;
+            let written = layer::write_overlay_upper(&upper, &mut w, &opts)?;
+            w.commit(Some((&written.digest, written.size)))?;
+            Ok(written)
+        })
+        .await??;
+        remember_uncompressed_size(store, &written.diff_id, written.uncompressed_size);
+        let uncompressed = written.uncompressed_size;
+        let desc = Descriptor::new(
+            written.media_type.clone(),
+            written.digest.clone(),
+            written.size,
+        );
+        let rec = record_for(
+            key,
+            desc,
+            written.diff_id.clone(),
+            uncompressed,
+            inputs,
+            written.report.removed_secrets.clone(),
+        );
+        store.put_step(&rec)?;
+        Ok(rec)
+    }
+}
+
+fn resolve_chown(store: &Store, image: &Image, chown: Option<&str>) -> anyhow::Result<(u32, u32)> {
+    let Some(spec) = chown else {
+        return Ok((0, 0));
+    };
+    let (u, g) = spec.split_once(':').unwrap_or((spec, spec));
+    let numeric = |s: &str| s.parse::<u32>().ok();
+    if let (Some(a), Some(b)) = (numeric(u), numeric(g)) {
+        return Ok((a, b));
+    }
+    let files = super::files::read_files(store, image, &["etc/passwd", "etc/group"])?;
+    let uid = super::files::lookup_id(files.get("etc/passwd").map(Vec::as_slice), u)
+        .with_context(|| format!("COPY --chown: no user {u:?} in the image's /etc/passwd"))?;
+    let gid = super::files::lookup_id(files.get("etc/group").map(Vec::as_slice), g)
+        .with_context(|| format!("COPY --chown: no group {g:?} in the image's /etc/group"))?;
+    Ok((uid, gid))
+}
+
+/// Remember a layer's uncompressed size (known when we wrote it).
+pub fn remember_uncompressed_size(store: &Store, diff_id: &Digest, size: u64) {
+    let note = Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes());
+    let _ = store.put_note(&note, &serde_json::json!(size));
+}
+
+/// The uncompressed size of a stored layer (needed to stream it into an
+/// engine as a tar entry), measured once and remembered by diff_id.
+pub fn uncompressed_size(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+) -> anyhow::Result<u64> {
+    let note = Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes());
+    if let Some(n) = store.get_note(&note).and_then(|v| v.as_u64()) {
+        return Ok(n);
+    }
+    let blob = store.open_blob(&desc.digest)?;
+    let mut r = layer::decompress(blob)?;
+    let n = std::io::copy(&mut r, &mut std::io::sink())?;
+    store.put_note(&note, &serde_json::json!(n))?;
+    Ok(n)
+}

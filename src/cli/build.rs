@@ -1,0 +1,352 @@
+//! `tplbuild plan` and `tplbuild build`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+
+use super::template::parse_target;
+use super::{exit, parse_platform, Context, Failure};
+use crate::build::{self, BuildError, BuildOptions};
+use crate::buildfile;
+use crate::engine::{EngineChoice, Network};
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Docker,
+    Podman,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NetworkArg {
+    Host,
+    None,
+    Bridge,
+}
+use crate::plan::{self, apt, Plan};
+use crate::progress::{Progress, ProgressMode};
+use crate::transfer;
+
+#[derive(Debug, Args)]
+pub struct BuildfileArgs {
+    /// The Buildfile; its folder is the context COPY reads from.
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "Buildfile",
+        value_name = "FILE"
+    )]
+    pub file: PathBuf,
+    /// Set an ARG (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    pub build_args: Vec<String>,
+    /// Platform of the template to use (default: the host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each step is shown with its location, its key and HIT (already built) \
+    or MISS with the reason, compared with the previous build of the same Buildfile.\n\n\
+    Example:\n  tplbuild plan -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000"
+)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub bf: BuildfileArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tplbuild build -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000 -o type=oci,dest=out/gateway\n  \
+    tplbuild build -f buildfiles/gateway/Buildfile --tag 127.0.0.1:5000/products/gateway:1 --progress json\n\n\
+    Steps run in Docker or Podman (through their Docker-compatible API), on the host \
+    network by default. A step whose key was built before runs nothing.")]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub bf: BuildfileArgs,
+    /// Which engine runs the steps: auto tries DOCKER_HOST, the Docker
+    /// socket, then the Podman sockets.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineArg,
+    /// The step containers' network.
+    #[arg(long, value_enum, default_value = "host")]
+    pub network: NetworkArg,
+    /// Run every step even if it was built before.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Also push or write the result here (repeatable): HOST/REPO:TAG or oci:DIR[:TAG].
+    #[arg(long = "tag", short = 't', value_name = "REF")]
+    pub tags: Vec<String>,
+    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs,dest=PATH[,opt=value] (repeatable).
+    #[arg(long = "output", short = 'o', value_name = "type=T,dest=D")]
+    pub outputs: Vec<String>,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+}
+
+fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            // `--build-arg NAME` takes the value from the environment, like Docker.
+            _ => std::env::var(kv).map(|v| (kv.clone(), v)).map_err(|_| {
+                Failure::bad_input(format!("--build-arg {kv:?} is not NAME=VALUE")).into()
+            }),
+        })
+        .collect()
+}
+
+/// Parse the Buildfile and resolve everything a key needs.
+async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
+    let args = parse_build_args(&a.build_args)?;
+    let bf = buildfile::parse_file(&a.file, &args).map_err(|diags| {
+        anyhow::Error::new(
+            Failure::bad_input(format!("{diags}"))
+                .with_hint("fix the Buildfile; docs/buildfile.md describes every instruction"),
+        )
+    })?;
+    let platform = parse_platform(a.platform.as_deref())?;
+    let target = parse_target(&bf.from.reference)?;
+    let client = ctx.client()?;
+    let base = transfer::resolve(&ctx.store, &client, &target, &platform)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(e).context(Failure::failed(format!(
+                "{}:{}: FROM {}",
+                a.file.display(),
+                bf.from.span.line,
+                bf.from.reference
+            )))
+        })?;
+    let needs_apt = bf.instructions.iter().any(|i| {
+        matches!(
+            i.kind,
+            buildfile::InstructionKind::Install { .. } | buildfile::InstructionKind::Remove { .. }
+        )
+    });
+    let apt_state = if needs_apt {
+        transfer::ensure_blobs(&ctx.store, &client, &base.source, base.image.layers())
+            .await
+            .context("fetching the template's layers to read its apt sources")?;
+        let store = ctx.store.clone();
+        let image = base.image.clone();
+        let sources =
+            tokio::task::spawn_blocking(move || apt::sources_in_image(&store, &image)).await??;
+        apt::archive_state(&sources).await
+    } else {
+        BTreeMap::new()
+    };
+    Ok(plan::make(bf, base, platform, &apt_state)?)
+}
+
+pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
+    let plan = make_plan(ctx, &a.bf).await?;
+    let previous = plan::explain::load_previous(&ctx.store, &plan.buildfile.path);
+    let mut parent = Some(plan.base.image.diff_ids().to_vec());
+    let mut first_miss: Option<usize> = None;
+    let mut rows = vec![];
+    for step in &plan.steps {
+        let loc = build::location(&plan, step.span);
+        let row = match &parent {
+            Some(p) => {
+                let key = plan.key(step, p);
+                match ctx.store.get_step(&key)? {
+                    Some(rec) => {
+                        let mut next = p.clone();
+                        next.push(rec.diff_id.clone());
+                        parent = Some(next);
+                        json!({"step": step.number, "location": loc, "instruction": step.text, "key": key.to_string(), "status": "HIT", "source": "local"})
+                    }
+                    None => {
+                        let inputs = plan.recorded_inputs(step, p);
+                        let reasons = plan::explain::reasons(
+                            &step.text,
+                            previous.get(step.number - 1),
+                            &inputs,
+                        );
+                        parent = None;
+                        first_miss = Some(step.number);
+                        json!({"step": step.number, "location": loc, "instruction": step.text, "key": key.to_string(), "status": "MISS", "reasons": reasons})
+                    }
+                }
+            }
+            None => {
+                json!({"step": step.number, "location": loc, "instruction": step.text, "key": null, "status": "MISS",
+                "reasons": [format!("after step {}", first_miss.unwrap_or(0))]})
+            }
+        };
+        rows.push(row);
+    }
+    if a.json {
+        let v = json!({
+            "buildfile": plan.buildfile.path.display().to_string(),
+            "from": plan.base.pinned,
+            "platform": plan.platform.to_string(),
+            "epoch": plan.epoch,
+            "steps": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("FROM {}", plan.base.pinned);
+    for r in &rows {
+        let key = r["key"]
+            .as_str()
+            .map(|k| k[7..19].to_string())
+            .unwrap_or_else(|| "-".repeat(12));
+        let status = match (r["status"].as_str(), r["source"].as_str()) {
+            (Some("HIT"), Some(src)) => format!("HIT ({src})"),
+            (Some(s), _) => s.to_string(),
+            _ => String::new(),
+        };
+        println!(
+            "[{}/{}] {:<40} {key}  {status}",
+            r["step"],
+            rows.len(),
+            truncate(r["instruction"].as_str().unwrap_or(""), 40),
+        );
+        println!("      at {}", r["location"].as_str().unwrap_or(""));
+        if let Some(reasons) = r["reasons"].as_array() {
+            for reason in reasons {
+                println!("      {}", reason.as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    let first_line = s.lines().next().unwrap_or("");
+    if first_line.chars().count() <= n && !s.contains('\n') {
+        first_line.to_string()
+    } else {
+        let t: String = first_line.chars().take(n - 1).collect();
+        format!("{t}…")
+    }
+}
+
+pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
+    let outputs = a
+        .outputs
+        .iter()
+        .map(|o| {
+            o.parse::<crate::export::OutputSpec>()
+                .map_err(|e| anyhow::Error::new(Failure::bad_input(format!("-o {o}: {e}"))))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tags = a
+        .tags
+        .iter()
+        .map(|t| parse_target(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut progress = Progress::new(a.progress);
+    let plan = make_plan(ctx, &a.bf).await?;
+    let client = ctx.client()?;
+    let opts = BuildOptions {
+        engine: match a.engine {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Docker => EngineChoice::Docker,
+            EngineArg::Podman => EngineChoice::Podman,
+        },
+        network: match a.network {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+            NetworkArg::Bridge => Network::Bridge,
+        },
+        no_cache: a.no_cache,
+    };
+    let built = match build::build(&ctx.store, &client, &plan, &opts, &mut progress).await {
+        Ok(b) => b,
+        Err(e) => return Err(explain_failure(e, &progress)),
+    };
+    let digest = built.image.digest();
+    let name = format!("build:{}", buildfile_name(&plan.buildfile.path));
+    ctx.store.set_name(&name, &built.image.descriptor())?;
+    for t in &tags {
+        let d = transfer::publish(&ctx.store, &client, &built.image, t, None)
+            .await
+            .with_context(|| format!("publishing to {t}"))?;
+        progress.note("tag", &format!("published {t}@{d}"));
+    }
+    if !outputs.is_empty() {
+        transfer::ensure_blobs(&ctx.store, &client, &plan.base.source, built.image.layers())
+            .await?;
+        let store = ctx.store.clone();
+        let image = built.image.clone();
+        let epoch = plan.epoch;
+        let reports = tokio::task::spawn_blocking(move || {
+            crate::export::export_all(&store, &image, &outputs, epoch)
+        })
+        .await??;
+        for r in reports {
+            progress.note(
+                "export",
+                &format!(
+                    "wrote {} {}{} in {:.1}s",
+                    r.dest.display(),
+                    r.summary,
+                    if r.cached { " (cached)" } else { "" },
+                    r.seconds
+                ),
+            );
+        }
+    }
+    let tag_names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    let (v, text) = build::summary(&built, &tag_names);
+    progress.summary(v, &text);
+    if !progress.is_json() {
+        println!("{digest}");
+    }
+    Ok(())
+}
+
+fn buildfile_name(path: &Path) -> String {
+    let abs = fs_err::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    abs.parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "buildfile".into())
+}
+
+/// Turn a failed step into the story a user needs: the location, the exit
+/// code and the last lines of output.
+fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
+    if let Some(BuildError::StepFailed { tail, .. }) = e.downcast_ref::<BuildError>() {
+        if !progress.is_json() {
+            eprintln!("--- last {} lines of output ---", tail.len());
+            for l in tail {
+                eprintln!("  {l}");
+            }
+            eprintln!("---");
+        }
+    }
+    if let Some(BuildError::Interrupted(i)) = e.downcast_ref::<BuildError>() {
+        let code = i.exit_code;
+        return e.context(Failure {
+            message: "build interrupted; nothing was recorded for the unfinished step".into(),
+            hint: None,
+            code,
+        });
+    }
+    if let Some(i) = e.downcast_ref::<build::Interrupted>() {
+        let code = i.exit_code;
+        return e.context(Failure {
+            message: "build interrupted; nothing was recorded for the unfinished step".into(),
+            hint: None,
+            code,
+        });
+    }
+    let _ = exit::FAILURE;
+    e
+}

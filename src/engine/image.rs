@@ -1,0 +1,159 @@
+//! Images in the engine: checking for a tag, `docker load` of a
+//! docker-archive streamed from store blobs, removing a tag.
+
+use std::io;
+
+use bollard::query_parameters::{ImportImageOptions, RemoveImageOptions, TagImageOptions};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::archive::{write_docker_archive, ChannelWriter, LoadSpec};
+use super::{is_not_found, Engine, EngineError};
+use crate::oci::Digest;
+
+impl Engine {
+    /// True if the engine has an image with this tag (e.g. `tplbuild/state:<hex>`).
+    pub async fn has_image(&self, tag: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(tag).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(EngineError::api(format!("inspecting image {tag}"))(e)),
+        }
+    }
+
+    /// `docker load` the image `spec` describes under `tag`.
+    ///
+    /// The archive is written by a blocking thread into a bounded channel
+    /// that is the request body, so memory stays at a few chunks whatever
+    /// the image's size and nothing is written to disk on our side.
+    ///
+    /// If the engine already holds this exact image (both engines use the
+    /// config's digest as the image id), it is only tagged: a load costs
+    /// ~1 s even when every layer is present, because both engines read
+    /// the whole archive before noticing (measured in tests/engine_measure.rs).
+    pub async fn load_image(&self, tag: &str, spec: &LoadSpec) -> Result<(), EngineError> {
+        let id = format!("sha256:{}", Digest::of(&spec.config_json).hex());
+        if self.has_image(&id).await? {
+            return self.tag_image(&id, tag).await;
+        }
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+        let writer = {
+            let (tag, spec) = (tag.to_string(), spec.clone());
+            tokio::task::spawn_blocking(move || {
+                let errors = tx.clone();
+                let result = write_docker_archive(&tag, &spec, ChannelWriter::new(tx));
+                if let Err(e) = &result {
+                    // Abort the request: an archive cut short must not load.
+                    let _ = errors.blocking_send(Err(io::Error::other(e.to_string())));
+                }
+                result
+            })
+        };
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let options = ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        let mut progress = self
+            .docker
+            .import_image(options, bollard::body_try_stream(body), None);
+        let mut api_result = Ok(());
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => tracing::trace!(?info, "load progress"),
+                Err(e) => {
+                    api_result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(progress);
+        let written = writer.await.map_err(|e| EngineError::Io {
+            action: format!("writing the archive for {tag}"),
+            source: io::Error::other(e),
+        })?;
+        match (written, api_result) {
+            // The engine hung up first: its reason is the story.
+            (Err(EngineError::Io { source, .. }), Err(api))
+                if source.kind() == io::ErrorKind::BrokenPipe =>
+            {
+                return Err(EngineError::api(format!("loading image {tag}"))(api));
+            }
+            // A broken blob is the story, not the engine's view of the
+            // truncated archive it caused.
+            (Err(ours), _) => return Err(ours),
+            (Ok(()), Err(api)) => {
+                return Err(EngineError::api(format!("loading image {tag}"))(api));
+            }
+            (Ok(()), Ok(())) => {}
+        }
+        if !self.has_image(tag).await? {
+            return Err(EngineError::NotLoaded {
+                tag: tag.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Give the image `source` (a tag or an id) the tag `tag` too.
+    pub async fn tag_image(&self, source: &str, tag: &str) -> Result<(), EngineError> {
+        let (repo, version) = split_tag(tag);
+        let options = TagImageOptions {
+            repo: Some(repo.to_string()),
+            tag: version.map(str::to_string),
+        };
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(EngineError::api(format!("tagging {source} as {tag}")))
+    }
+
+    /// Remove the tag `tag` (and the image, if no other tag or container
+    /// holds it). Idempotent: an absent tag is not an error.
+    pub async fn remove_image(&self, tag: &str) -> Result<(), EngineError> {
+        let options = RemoveImageOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_image(tag, Some(options), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(EngineError::api(format!("removing image {tag}"))(e)),
+        }
+    }
+}
+
+/// `host:5000/repo:tag` → (`host:5000/repo`, `Some("tag")`): the tag is after
+/// the last `:` that follows the last `/`.
+fn split_tag(tag: &str) -> (&str, Option<&str>) {
+    let name_start = tag.rfind('/').map_or(0, |i| i + 1);
+    match tag[name_start..].rfind(':') {
+        Some(i) => (&tag[..name_start + i], Some(&tag[name_start + i + 1..])),
+        None => (tag, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_tag;
+
+    #[test]
+    fn split_tag_keeps_a_registry_port_in_the_repository() {
+        assert_eq!(
+            split_tag("tplbuild/state:abc"),
+            ("tplbuild/state", Some("abc"))
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/base:1"),
+            ("127.0.0.1:5000/base", Some("1"))
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/base"),
+            ("127.0.0.1:5000/base", None)
+        );
+        assert_eq!(split_tag("base"), ("base", None));
+    }
+}

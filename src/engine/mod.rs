@@ -1,0 +1,207 @@
+//! Docker and Podman, reached through their Docker-compatible API (bollard).
+//!
+//! The `build` module is the only caller: for a step whose key misses the
+//! store, it [`Engine::load_image`]s the parent (a docker-archive streamed
+//! from store blobs), [`Engine::create`]s a labelled step container,
+//! [`Engine::upload`]s COPY sources through the archive API, [`Engine::run`]s
+//! the script, and hands the result to the `layer` code either as the overlay
+//! upper dir ([`Engine::upper_dir`], the local fast path) or as
+//! [`Engine::changes`] + [`Engine::export`] (the API path that also works for
+//! a remote engine). Every container is removed on every path: see
+//! [`ContainerGuard`] for the rules a caller must follow, and
+//! [`Engine::cleanup_leftovers`] for the runs that were killed with `-9`.
+//!
+//! Both engines speak the same API here (Docker 20.10 and Podman 4.3 both
+//! negotiate 1.41); where they differ (Podman's upper dir holds mount points
+//! for `/etc/hosts` & co, Docker keeps those in a separate `-init` layer), the
+//! difference is described on [`Engine::upper_dir`].
+
+mod archive;
+mod connect;
+mod container;
+mod guard;
+mod image;
+mod leftovers;
+
+use std::path::PathBuf;
+
+pub use archive::{LoadLayer, LoadSpec};
+pub use connect::{connect, connect_host};
+pub use guard::ContainerGuard;
+
+/// Which engine `--engine` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// `$DOCKER_HOST`, then Docker's socket, then Podman's root and rootless sockets.
+    #[default]
+    Auto,
+    /// `$DOCKER_HOST`, else `/var/run/docker.sock`.
+    Docker,
+    /// `/run/podman/podman.sock`, else `$XDG_RUNTIME_DIR/podman/podman.sock`.
+    Podman,
+}
+
+/// What actually answered (a Docker socket may be served by Podman).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Docker,
+    Podman,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Docker => "docker",
+            EngineKind::Podman => "podman",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub kind: EngineKind,
+    /// The engine's own version, e.g. `20.10.24+dfsg1` or `4.3.1`.
+    pub version: String,
+    /// The negotiated API version, e.g. `1.41`.
+    pub api_version: String,
+    /// Where we connected, e.g. `unix:///var/run/docker.sock`.
+    pub host: String,
+}
+
+/// A connected engine. Cheap to clone (the connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: bollard::Docker,
+    info: EngineInfo,
+    /// Ids of the containers this process created and has not removed yet,
+    /// shared by clones, for [`Engine::remove_created`].
+    created: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl Engine {
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    /// True when the engine's files are on this host, so that paths it
+    /// reports (the overlay upper dir) may be read directly.
+    pub fn is_local(&self) -> bool {
+        self.info.host.starts_with("unix://")
+    }
+}
+
+/// The step container's network. Host by default so that apt sees the
+/// host's proxies and local mirrors; tplbuild never creates networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    #[default]
+    Host,
+    None,
+    /// The engine's default bridge; only when the Buildfile asks for it.
+    Bridge,
+}
+
+impl Network {
+    fn mode(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::None => "none",
+            Network::Bridge => "bridge",
+        }
+    }
+}
+
+/// What a step container runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerSpec {
+    /// A tag [`Engine::load_image`] made, e.g. `tplbuild/state:<hex>`.
+    pub image: String,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// Run as `sh -c SCRIPT`; `None` for COPY steps, whose container is
+    /// only written to through [`Engine::upload`] and never started.
+    pub script: Option<String>,
+    pub network: Network,
+}
+
+/// A created step container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+}
+
+impl Container {
+    /// The first 12 characters of the id, as `docker ps` shows it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// One entry of `GET /containers/{id}/changes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Absolute path inside the container, e.g. `/etc/ssh/sshd_config`.
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Modified,
+    Added,
+    Deleted,
+}
+
+/// Labels that mark a container as a tplbuild step (see [`Engine::create`]).
+pub const LABEL_STEP: &str = "dev.tplbuild.step";
+pub const LABEL_PID: &str = "dev.tplbuild.pid";
+pub const LABEL_STARTED: &str = "dev.tplbuild.started";
+/// The host name of the machine whose pid `LABEL_PID` is, so that a build
+/// host sharing a remote engine never removes another host's containers.
+pub const LABEL_HOST: &str = "dev.tplbuild.host";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no container engine answered; tried:\n{tried}\nhint: start Docker (`systemctl start docker`, or `dockerd`) or Podman's API service (`podman system service --time=0 unix:///run/podman/podman.sock`), or point DOCKER_HOST at one")]
+    NoEngine { tried: String },
+    #[error("{action}")]
+    Api {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{action}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("layer {path}: uncompressed it is {actual_size} bytes with digest {actual}, but the image config says {expected_size} bytes with {expected}")]
+    LayerMismatch {
+        path: PathBuf,
+        expected: crate::oci::Digest,
+        expected_size: u64,
+        actual: crate::oci::Digest,
+        actual_size: u64,
+    },
+    #[error("loading {tag}: the engine accepted the archive but has no image {tag} afterwards")]
+    NotLoaded { tag: String },
+}
+
+impl EngineError {
+    fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> EngineError {
+        let action = action.into();
+        move |source| EngineError::Api { action, source }
+    }
+}
+
+/// True for a 404 from the engine: the container or image does not exist.
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}

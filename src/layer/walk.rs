@@ -1,0 +1,288 @@
+//! Listing a source tree for a new layer: every node with its metadata and
+//! the extended attributes a layer carries, filtered by the volatile and
+//! hygiene rules, in the order the layer lists them.
+//!
+//! The order is the byte order of the relative paths (a parent is a prefix
+//! of its children, so it comes first), except that an opaque directory's
+//! marker comes straight after the directory. Symlinks are never followed.
+
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::overlay::{classify_upper, is_overlay_private, UpperNode};
+use super::volatile::{classify, NodeType, Verdict};
+use super::{LayerError, LayerOptions, LayerReport};
+
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub(crate) const OPAQUE_NAME: &[u8] = b".wh..wh..opq";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A complete tree: every node is content.
+    Dir,
+    /// An overlayfs upper directory: device 0/0 nodes and opaque
+    /// attributes are deletions.
+    OverlayUpper,
+}
+
+pub(crate) enum What {
+    /// A node to copy; the verdict is `Keep`, `Emptied` or `Shadow`.
+    Node {
+        meta: Box<Metadata>,
+        verdict: Verdict,
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Whiteout,
+    Opaque,
+}
+
+pub(crate) struct Node {
+    key: Vec<u8>,
+    /// The tar path: relative, no trailing slash.
+    rel: Vec<u8>,
+    what: What,
+}
+
+impl Node {
+    pub fn into_parts(self) -> (Vec<u8>, What) {
+        (self.rel, self.what)
+    }
+}
+
+/// List `root` (which itself is not an entry).
+pub(crate) fn collect(
+    root: &Path,
+    source: Source,
+    opts: &LayerOptions,
+    report: &mut LayerReport,
+) -> Result<Vec<Node>, LayerError> {
+    let mut nodes = Vec::new();
+    let mut w = Walker {
+        root,
+        source,
+        opts,
+        report,
+        nodes: &mut nodes,
+        excluded: 0,
+    };
+    w.dir(&mut Vec::new())?;
+    nodes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    report.removed_secrets.sort();
+    report.dropped_volatile.sort();
+    Ok(nodes)
+}
+
+struct Walker<'a> {
+    root: &'a Path,
+    source: Source,
+    opts: &'a LayerOptions,
+    report: &'a mut LayerReport,
+    nodes: &'a mut Vec<Node>,
+    /// How many excluded nodes were seen so far.
+    excluded: usize,
+}
+
+impl Walker<'_> {
+    fn path(&self, rel: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(rel))
+    }
+
+    fn dir(&mut self, rel: &mut Vec<u8>) -> Result<(), LayerError> {
+        let dir_path = self.path(rel);
+        let read = fs_err::read_dir(&dir_path).map_err(|e| source_err("listing", &dir_path, e))?;
+        for entry in read {
+            let entry = entry.map_err(|e| source_err("listing", &dir_path, e))?;
+            let name = entry.file_name();
+            let name = name.as_bytes();
+            let len = rel.len();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name);
+            let res = self.node(rel, name);
+            rel.truncate(len);
+            res?;
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, rel: &mut Vec<u8>, name: &[u8]) -> Result<(), LayerError> {
+        let path = self.path(rel);
+        let meta = fs_err::symlink_metadata(&path).map_err(|e| source_err("reading", &path, e))?;
+        let all_xattrs =
+            read_xattrs(&path).map_err(|e| source_err("reading xattrs of", &path, e))?;
+
+        let upper = match self.source {
+            Source::Dir => UpperNode::Plain,
+            Source::OverlayUpper => {
+                classify_upper(&meta, &all_xattrs).map_err(|reason| LayerError::Overlay {
+                    path: path.clone(),
+                    reason,
+                })?
+            }
+        };
+        let ty = if meta.is_dir() {
+            NodeType::Dir
+        } else if meta.is_file() {
+            NodeType::Regular { size: meta.len() }
+        } else {
+            NodeType::Other
+        };
+        let verdict = classify(rel, ty, self.opts);
+
+        if upper == UpperNode::Whiteout {
+            // A deletion stays in the layer even where the file would be
+            // volatile: the lower layer's copy must still disappear.
+            if verdict != Verdict::Excluded {
+                let mut wh = rel[..rel.len() - name.len()].to_vec();
+                wh.extend_from_slice(WHITEOUT_PREFIX);
+                wh.extend_from_slice(name);
+                self.nodes.push(Node {
+                    key: wh.clone(),
+                    rel: wh,
+                    what: What::Whiteout,
+                });
+            }
+            return Ok(());
+        }
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return Err(LayerError::ReservedName { path });
+        }
+        match verdict {
+            Verdict::Excluded => {
+                self.excluded += 1;
+                return Ok(());
+            }
+            Verdict::Volatile => {
+                self.report
+                    .dropped_volatile
+                    .push(String::from_utf8_lossy(rel).into_owned());
+                return Ok(());
+            }
+            Verdict::Secret => {
+                self.report
+                    .removed_secrets
+                    .push(String::from_utf8_lossy(rel).into_owned());
+                return Ok(());
+            }
+            Verdict::Emptied => {
+                self.report
+                    .removed_secrets
+                    .push(String::from_utf8_lossy(rel).into_owned());
+            }
+            Verdict::Keep | Verdict::Shadow => {}
+        }
+
+        let is_dir = meta.is_dir();
+        let mut xattrs: Vec<_> = all_xattrs
+            .into_iter()
+            .filter(|(k, _)| carried_xattr(k))
+            .collect();
+        xattrs.sort();
+        self.nodes.push(Node {
+            key: rel.clone(),
+            rel: rel.clone(),
+            what: What::Node {
+                meta: Box::new(meta),
+                verdict,
+                xattrs,
+            },
+        });
+        if upper == UpperNode::OpaqueDir {
+            let mut key = rel.clone();
+            key.extend_from_slice(b"/\0"); // before every child: paths hold no NUL
+            let mut marker = rel.clone();
+            marker.push(b'/');
+            marker.extend_from_slice(OPAQUE_NAME);
+            self.nodes.push(Node {
+                key,
+                rel: marker,
+                what: What::Opaque,
+            });
+        }
+        if is_dir {
+            let (nodes_before, excluded_before) = (self.nodes.len(), self.excluded);
+            self.dir(rel)?;
+            // An engine copies a directory up only to put its own files in
+            // it (Podman's run/.containerenv, mount points in etc/). When all
+            // the directory holds is excluded, the step did not touch it:
+            // leaving it out keeps the layer equal across engines.
+            if self.source == Source::OverlayUpper
+                && upper == UpperNode::Plain
+                && self.nodes.len() == nodes_before
+                && self.excluded > excluded_before
+            {
+                self.nodes.pop();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn source_err(op: &'static str, path: &Path, e: io::Error) -> LayerError {
+    LayerError::Source {
+        op,
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// The attributes a layer keeps: file capabilities, user and trusted
+/// attributes, never overlay's own. SELinux labels and ACLs are left to
+/// the target system's policy.
+pub(crate) fn carried_xattr(name: &[u8]) -> bool {
+    (name == b"security.capability" || name.starts_with(b"user.") || name.starts_with(b"trusted."))
+        && !is_overlay_private(name)
+        && !name.contains(&b'=')
+}
+
+/// All extended attributes of `path` itself (a symlink is not followed).
+pub(crate) fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = loop {
+        let size = match rustix::fs::llistxattr_query(path) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size];
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                break buf;
+            }
+            Err(rustix::io::Errno::RANGE) => continue, // grew meanwhile
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = OsStr::from_bytes(name);
+        let value = loop {
+            let size = match rustix::fs::lgetxattr_query(path, cname) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::NODATA) => break None, // removed meanwhile
+                Err(e) => return Err(e.into()),
+            };
+            let mut buf = vec![0u8; size];
+            match rustix::fs::lgetxattr(path, cname, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    break Some(buf);
+                }
+                Err(rustix::io::Errno::RANGE) => continue,
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(v) = value {
+            out.push((name.to_vec(), v));
+        }
+    }
+    Ok(out)
+}

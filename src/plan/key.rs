@@ -1,0 +1,191 @@
+//! Step keys: the sha256 of a canonical JSON document (keys sorted, no
+//! whitespace) holding everything that can change a step's result.
+//!
+//! Nothing here uses `#[derive(Hash)]`: the bytes that are hashed are
+//! written out explicitly, so an accidental change of the encoding changes
+//! the pinned key in the tests below and fails loudly.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::oci::Digest;
+
+/// Bump when the meaning of a key changes (e.g. the layer normalization
+/// changes), so old cache entries stop matching instead of lying.
+pub const CACHE_FORMAT: u32 = 1;
+
+/// Everything that goes into a step key.
+#[derive(Debug, Clone)]
+pub struct KeyInputs<'a> {
+    /// The uncompressed digests of the layers below this step, in order.
+    pub parent: &'a [Digest],
+    /// `os/arch[/variant]`.
+    pub platform: &'a str,
+    /// SOURCE_DATE_EPOCH the layer's mtimes are clamped to.
+    pub epoch: i64,
+    /// Environment in effect (ENV so far), by name.
+    pub env: &'a BTreeMap<String, String>,
+    /// The canonical step definition (after ARG substitution).
+    pub step: Value,
+    /// Digests of what the step reads (COPY sources, apt archive state).
+    pub inputs: &'a BTreeMap<String, String>,
+    /// Per-device secrets the Buildfile keeps (`KEEP`).
+    pub keep: &'a [String],
+}
+
+/// Canonical bytes: serde_json with BTreeMap ordering gives sorted keys.
+pub fn canonical_bytes(k: &KeyInputs<'_>) -> Vec<u8> {
+    let mut doc: BTreeMap<&str, Value> = BTreeMap::new();
+    doc.insert("format", json!(CACHE_FORMAT));
+    doc.insert(
+        "parent",
+        Value::Array(
+            k.parent
+                .iter()
+                .map(|d| Value::String(d.to_string()))
+                .collect(),
+        ),
+    );
+    doc.insert("platform", json!(k.platform));
+    doc.insert("epoch", json!(k.epoch));
+    doc.insert("env", sorted(k.env));
+    doc.insert("step", sort_value(&k.step));
+    doc.insert("inputs", sorted(k.inputs));
+    doc.insert("keep", json!(k.keep));
+    serde_json::to_vec(&doc).expect("key documents serialise")
+}
+
+pub fn step_key(k: &KeyInputs<'_>) -> Digest {
+    Digest::of(&canonical_bytes(k))
+}
+
+fn sorted(m: &BTreeMap<String, String>) -> Value {
+    let obj: serde_json::Map<String, Value> = m
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    Value::Object(obj)
+}
+
+/// Rebuild objects with sorted keys (serde_json's map keeps insertion order
+/// in this crate's configuration).
+fn sort_value(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<&String, Value> =
+                m.iter().map(|(k, v)| (k, sort_value(v))).collect();
+            Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sort_value).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(
+        parent: &'a [Digest],
+        env: &'a BTreeMap<String, String>,
+        inputs: &'a BTreeMap<String, String>,
+    ) -> KeyInputs<'a> {
+        KeyInputs {
+            parent,
+            platform: "linux/amd64",
+            epoch: 1_700_000_000,
+            env,
+            step: json!({"kind": "RUN", "script": "echo hi"}),
+            inputs,
+            keep: &[],
+        }
+    }
+
+    /// Pins the encoding. If this fails, the key format changed: bump
+    /// CACHE_FORMAT deliberately and update the expected value.
+    #[test]
+    fn known_key_is_pinned() {
+        let parent = [Digest::of(b"layer")];
+        let env = BTreeMap::from([("A".to_string(), "1".to_string())]);
+        let inputs = BTreeMap::new();
+        let k = sample(&parent, &env, &inputs);
+        assert_eq!(
+            String::from_utf8(canonical_bytes(&k)).unwrap(),
+            format!(
+                r#"{{"env":{{"A":"1"}},"epoch":1700000000,"format":1,"inputs":{{}},"keep":[],"parent":["{}"],"platform":"linux/amd64","step":{{"kind":"RUN","script":"echo hi"}}}}"#,
+                Digest::of(b"layer")
+            )
+        );
+        assert_eq!(
+            step_key(&k).to_string(),
+            "sha256:cc9ce5a9639f4c3ff36a1533d7528b82db2f77a8085c130f9c035364e82276dc"
+        );
+    }
+
+    #[test]
+    fn object_key_order_in_the_step_does_not_matter() {
+        let env = BTreeMap::new();
+        let inputs = BTreeMap::new();
+        let mut a = sample(&[], &env, &inputs);
+        let mut b = a.clone();
+        a.step = json!({"kind": "X", "a": 1, "b": 2});
+        b.step = serde_json::from_str(r#"{"b":2,"a":1,"kind":"X"}"#).unwrap();
+        assert_eq!(step_key(&a), step_key(&b));
+    }
+
+    #[test]
+    fn every_input_changes_the_key() {
+        let parent = [Digest::of(b"p")];
+        let env = BTreeMap::new();
+        let inputs = BTreeMap::new();
+        let base = sample(&parent, &env, &inputs);
+        let k0 = step_key(&base);
+        let other_parent = [Digest::of(b"q")];
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                parent: &other_parent,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                epoch: 1,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                platform: "linux/arm64",
+                ..base.clone()
+            })
+        );
+        let env2 = BTreeMap::from([("X".to_string(), "y".to_string())]);
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                env: &env2,
+                ..base.clone()
+            })
+        );
+        let in2 = BTreeMap::from([("copy:a".to_string(), "d".to_string())]);
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                inputs: &in2,
+                ..base.clone()
+            })
+        );
+        let keep = ["machine-id".to_string()];
+        assert_ne!(
+            k0,
+            step_key(&KeyInputs {
+                keep: &keep,
+                ..base.clone()
+            })
+        );
+    }
+}

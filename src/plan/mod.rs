@@ -1,0 +1,277 @@
+//! From a parsed Buildfile to an ordered list of steps with content keys.
+//!
+//! FROM is resolved to a manifest digest before any key is made. A step's
+//! key covers its parent's content (the layer digests so far), its
+//! canonical definition after ARG substitution, the ENV in effect, what it
+//! reads (COPY trees, apt archive state), the platform, the epoch and the
+//! cache format ([`key`]). Keys after a step that has not run yet cannot be
+//! known, since they depend on its layer: the plan says "after step N".
+//! The inputs of every key are recorded with each build, so a miss can say
+//! which input changed ([`explain`]).
+
+pub mod apt;
+pub mod explain;
+pub mod inputs;
+pub mod key;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::buildfile::{BuildFile, InstructionKind, Keep, Span};
+use crate::oci::{Digest, Platform};
+use crate::transfer::Resolved;
+
+/// A step that produces a layer.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// 1-based among layer steps.
+    pub number: usize,
+    pub span: Span,
+    /// The instruction as shown to users (`INSTALL openssh-server curl`).
+    pub text: String,
+    pub kind: StepKind,
+    /// ENV in effect for this step.
+    pub env: BTreeMap<String, String>,
+    /// Canonical definition for the key.
+    pub definition: Value,
+    /// Input digests for the key (COPY files, apt archive state).
+    pub inputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Install {
+        packages: Vec<String>,
+        recommends: bool,
+    },
+    Remove {
+        packages: Vec<String>,
+    },
+    Copy {
+        sources: Vec<String>,
+        dest: String,
+        chown: Option<String>,
+        chmod: Option<u32>,
+    },
+    Run {
+        script: String,
+    },
+}
+
+impl StepKind {
+    /// The shell script a container runs for this step (COPY runs none).
+    pub fn script(&self) -> Option<String> {
+        match self {
+            StepKind::Install {
+                packages,
+                recommends,
+            } => Some(format!(
+                "set -e; apt-get update -qq; apt-get install -y {}{}",
+                if *recommends {
+                    ""
+                } else {
+                    "--no-install-recommends "
+                },
+                packages.join(" ")
+            )),
+            StepKind::Remove { packages } => {
+                Some(format!("set -e; apt-get purge -y {}", packages.join(" ")))
+            }
+            StepKind::Run { script } => Some(script.clone()),
+            StepKind::Copy { .. } => None,
+        }
+    }
+
+    pub fn uses_apt(&self) -> bool {
+        matches!(self, StepKind::Install { .. } | StepKind::Remove { .. })
+    }
+}
+
+/// The whole plan: the resolved base, the steps, and the metadata of the
+/// final image.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub buildfile: BuildFile,
+    pub base: Resolved,
+    pub platform: Platform,
+    pub epoch: i64,
+    pub steps: Vec<Step>,
+    pub final_env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub keep: Vec<String>,
+}
+
+impl Plan {
+    /// The key of `step` on top of `parent` (the diff_ids below it).
+    pub fn key(&self, step: &Step, parent: &[Digest]) -> Digest {
+        let platform = self.platform.to_string();
+        key::step_key(&key::KeyInputs {
+            parent,
+            platform: &platform,
+            epoch: self.epoch,
+            env: &step.env,
+            step: step.definition.clone(),
+            inputs: &step.inputs,
+            keep: &self.keep,
+        })
+    }
+
+    /// The inputs of `step` as recorded beside its cache entry.
+    pub fn recorded_inputs(&self, step: &Step, parent: &[Digest]) -> BTreeMap<String, String> {
+        let mut m = step.inputs.clone();
+        m.insert("from".into(), self.base.pinned.clone());
+        m.insert(
+            "parent".into(),
+            Digest::of(format!("{parent:?}").as_bytes()).to_string(),
+        );
+        m.insert("definition".into(), step.definition.to_string());
+        m.insert(
+            "env".into(),
+            serde_json::to_string(&step.env).unwrap_or_default(),
+        );
+        m.insert("platform".into(), self.platform.to_string());
+        m.insert("epoch".into(), self.epoch.to_string());
+        m
+    }
+}
+
+/// The epoch for the image's mtimes: SOURCE_DATE_EPOCH, else the base's
+/// creation time (so a rebuild does not depend on today's date).
+pub fn epoch_for(base: &Resolved) -> i64 {
+    crate::template::source_date_epoch()
+        .or_else(|| {
+            base.image
+                .config
+                .created
+                .as_deref()
+                .and_then(crate::template::parse_rfc3339)
+        })
+        .unwrap_or(0)
+}
+
+/// Turn instructions into layer steps with their definitions and inputs.
+/// `apt_state` is the archive state (see [`apt::archive_state`]).
+pub fn make(
+    buildfile: BuildFile,
+    base: Resolved,
+    platform: Platform,
+    apt_state: &BTreeMap<String, String>,
+) -> std::io::Result<Plan> {
+    let epoch = epoch_for(&base);
+    let mut env: BTreeMap<String, String> = base
+        .image
+        .config
+        .config
+        .as_ref()
+        .map(|c| {
+            c.env
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut labels = BTreeMap::new();
+    let mut keep = vec![];
+    let mut steps = vec![];
+    for ins in &buildfile.instructions {
+        let (kind, definition, inputs) = match &ins.kind {
+            InstructionKind::Env(kvs) => {
+                for (k, v) in kvs {
+                    env.insert(k.clone(), v.clone());
+                }
+                continue;
+            }
+            InstructionKind::Label(kvs) => {
+                for (k, v) in kvs {
+                    labels.insert(k.clone(), v.clone());
+                }
+                continue;
+            }
+            InstructionKind::Keep(items) => {
+                for k in items {
+                    keep.push(keep_name(k).to_string());
+                }
+                keep.sort();
+                keep.dedup();
+                continue;
+            }
+            InstructionKind::Install {
+                packages,
+                recommends,
+            } => {
+                let mut sorted = packages.clone();
+                sorted.sort();
+                (
+                    StepKind::Install {
+                        packages: packages.clone(),
+                        recommends: *recommends,
+                    },
+                    json!({"kind": "INSTALL", "packages": sorted, "recommends": recommends}),
+                    apt_state.clone(),
+                )
+            }
+            InstructionKind::Remove { packages } => {
+                let mut sorted = packages.clone();
+                sorted.sort();
+                (
+                    StepKind::Remove {
+                        packages: packages.clone(),
+                    },
+                    json!({"kind": "REMOVE", "packages": sorted}),
+                    apt_state.clone(),
+                )
+            }
+            InstructionKind::Copy {
+                sources,
+                dest,
+                chown,
+                chmod,
+            } => (
+                StepKind::Copy {
+                    sources: sources.clone(),
+                    dest: dest.clone(),
+                    chown: chown.clone(),
+                    chmod: *chmod,
+                },
+                json!({"kind": "COPY", "sources": sources, "dest": dest, "chown": chown, "chmod": chmod}),
+                inputs::copy_inputs(&buildfile.context, sources)?,
+            ),
+            InstructionKind::Run { script, .. } => (
+                StepKind::Run {
+                    script: script.clone(),
+                },
+                json!({"kind": "RUN", "script": script}),
+                BTreeMap::new(),
+            ),
+        };
+        steps.push(Step {
+            number: steps.len() + 1,
+            span: ins.span,
+            text: ins.to_string(),
+            kind,
+            env: env.clone(),
+            definition,
+            inputs,
+        });
+    }
+    Ok(Plan {
+        buildfile,
+        base,
+        platform,
+        epoch,
+        steps,
+        final_env: env,
+        labels,
+        keep,
+    })
+}
+
+pub fn keep_name(k: &Keep) -> &'static str {
+    match k {
+        Keep::SshHostKeys => "ssh-host-keys",
+        Keep::MachineId => "machine-id",
+        Keep::RandomSeed => "random-seed",
+    }
+}

@@ -1,0 +1,148 @@
+//! Build progress for people and for CI: one line per step
+//! (`[3/6] INSTALL openssh-server curl  MISS  5.2s`), the step's output
+//! below it (the last lines on a TTY, all of it with `plain`), a summary
+//! at the end; or one JSON event per line with `json`.
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// `tty` on a terminal, else `plain`.
+    Auto,
+    /// Every line of step output, no cursor tricks.
+    Plain,
+    /// One JSON object per line on stdout.
+    Json,
+    /// Step lines only; output folded to its last lines.
+    Tty,
+}
+
+/// Lines of step output kept for an error report.
+pub const TAIL_LINES: usize = 30;
+
+pub struct Progress {
+    mode: ProgressMode,
+    tail: VecDeque<String>,
+    shown: usize,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode) -> Self {
+        let mode = match mode {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Tty,
+            ProgressMode::Auto => ProgressMode::Plain,
+            m => m,
+        };
+        Progress {
+            mode,
+            tail: VecDeque::new(),
+            shown: 0,
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.mode == ProgressMode::Json
+    }
+
+    fn event(&self, v: Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    }
+
+    /// A free-form note (`using docker 20.10.24 (API 1.41)`).
+    pub fn note(&self, kind: &str, msg: &str) {
+        if self.is_json() {
+            self.event(json!({"event": kind, "message": msg}));
+        } else {
+            eprintln!("{msg}");
+        }
+    }
+
+    pub fn warn(&self, msg: &str) {
+        if self.is_json() {
+            self.event(json!({"event": "warning", "message": msg}));
+        } else {
+            eprintln!("warning: {msg}");
+        }
+    }
+
+    pub fn step_start(&mut self, n: usize, total: usize, text: &str, location: &str) {
+        self.tail.clear();
+        self.shown = 0;
+        if self.is_json() {
+            self.event(json!({"event": "step-start", "step": n, "total": total, "instruction": text, "location": location}));
+        } else {
+            eprintln!("[{n}/{total}] {text}");
+        }
+    }
+
+    /// One line of a running step's output.
+    pub fn output(&mut self, n: usize, line: &str) {
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+        match self.mode {
+            ProgressMode::Json => self.event(json!({"event": "output", "step": n, "line": line})),
+            ProgressMode::Plain => eprintln!("      {line}"),
+            _ => {
+                // Folded: show a line now and then so long apt runs look alive.
+                self.shown += 1;
+                if self.shown % 20 == 1 {
+                    let short: String = line.chars().take(100).collect();
+                    eprintln!("      {short}");
+                }
+            }
+        }
+    }
+
+    /// The last lines of the current step's output.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_done(
+        &self,
+        n: usize,
+        total: usize,
+        text: &str,
+        status: &str,
+        elapsed: Duration,
+        key: &str,
+        layer: Option<(&str, u64)>,
+        detail: &[String],
+    ) {
+        if self.is_json() {
+            self.event(json!({
+                "event": "step-done", "step": n, "total": total, "instruction": text,
+                "status": status, "seconds": elapsed.as_secs_f64(), "key": key,
+                "layer": layer.map(|(d, s)| json!({"digest": d, "size": s})),
+                "notes": detail,
+            }));
+        } else {
+            eprintln!(
+                "[{n}/{total}] {text}  {status}  {:.1}s",
+                elapsed.as_secs_f64()
+            );
+            for d in detail {
+                eprintln!("      {d}");
+            }
+        }
+    }
+
+    pub fn summary(&self, v: Value, text: &str) {
+        if self.is_json() {
+            let mut v = v;
+            v["event"] = json!("done");
+            self.event(v);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+}

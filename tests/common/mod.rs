@@ -1,0 +1,131 @@
+//! Shared helpers for the end-to-end tests: the test bed's addresses, a
+//! fresh store per test, running the real binary, and one template
+//! imported once per test binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const REGISTRY: &str = "127.0.0.1:5000";
+pub const TEMPLATE: &str = "127.0.0.1:5000/platform/base:1";
+
+/// The mmdebstrap tarball made by `scripts/testbed`.
+pub fn rootfs_tar() -> Option<PathBuf> {
+    let p = std::env::var_os("TPLBUILD_TEST_ROOTFS_TAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/tplbuild-testbed/cache/bookworm-minbase.tar".into());
+    p.is_file().then_some(p)
+}
+
+/// True when the test bed is up; otherwise the test prints why it skips.
+pub fn testbed(what: &str) -> bool {
+    let up = rootfs_tar().is_some() && std::net::TcpStream::connect(REGISTRY).is_ok();
+    if !up {
+        eprintln!("skipping {what}: the test bed is not up (run scripts/testbed)");
+        if std::env::var_os("CI").is_some() {
+            panic!("the test bed must be up in CI");
+        }
+    }
+    up
+}
+
+pub fn has_socket(path: &str) -> bool {
+    Path::new(path).exists()
+}
+
+/// A temporary TPLBUILD_HOME and working folder for one test.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("tplbuild-test-")
+                .tempdir_in(scratch())
+                .unwrap(),
+        }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `tplbuild ARGS` with this env's store and the loopback registry
+    /// named insecure.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tplbuild"));
+        c.env("TPLBUILD_HOME", self.home())
+            .env("TPLBUILD_CONFIG_DIR", self.dir.path().join("config"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .arg("--insecure-registry")
+            .arg(REGISTRY);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd().args(args).output().unwrap();
+        eprintln!(
+            "$ tplbuild {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Run and expect success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "tplbuild {} failed", args.join(" "));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// Where test folders go: on the same disk as the store, not a tmpfs.
+pub fn scratch() -> PathBuf {
+    let p = std::env::var_os("TPLBUILD_TEST_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    fs_err::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Import the test bed's rootfs as `TEMPLATE` once per test binary and
+/// return its digest. Importing is deterministic, so several binaries
+/// doing it give the same digest.
+pub fn template() -> String {
+    static DIGEST: OnceLock<String> = OnceLock::new();
+    DIGEST
+        .get_or_init(|| {
+            let env = Env::new();
+            let tar = rootfs_tar().expect("the test bed's rootfs tarball");
+            let out = env.ok(&["template", "import", tar.to_str().unwrap(), TEMPLATE]);
+            let d = out.trim().to_string();
+            // Keep nothing of this env but the registry copy.
+            d
+        })
+        .clone()
+}
+
+pub fn sh(cmd: &str) -> Output {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    eprintln!(
+        "$ {cmd}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn sh_ok(cmd: &str) -> String {
+    let out = sh(cmd);
+    assert!(out.status.success(), "`{cmd}` failed");
+    String::from_utf8(out.stdout).unwrap()
+}
