@@ -287,11 +287,10 @@ fn export_file(
         cached,
         seconds: 0.0,
         summary: format!(
-            "{}, {}, {} files{}",
+            "{}, {}, {} files",
             ex.label(),
             human_bytes(bytes),
-            thousands(entries),
-            if cached { " (cached)" } else { "" }
+            thousands(entries)
         ),
     })
 }
