@@ -51,7 +51,6 @@ pub(super) struct Entry {
     pub inputs: ExportKeyInputs,
     pub bytes: u64,
     pub entries: u64,
-    pub sha256: Digest,
 }
 
 pub(super) struct Cache {
@@ -242,7 +241,6 @@ mod tests {
             inputs: old.clone(),
             bytes: 10,
             entries: 3,
-            sha256: Digest::of(b"disk image"),
         };
         cache.put(&key, &out, &entry).unwrap();
         let (got, path) = cache.get(&key).unwrap();
@@ -266,7 +264,6 @@ mod tests {
             inputs: inputs("512M"),
             bytes: 10,
             entries: 3,
-            sha256: Digest::of(b"disk image"),
         };
         cache.put(&key, &out, &entry).unwrap();
         fs_err::write(cache.entry_dir(&key).join("output"), b"disk").unwrap();

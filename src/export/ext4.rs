@@ -171,9 +171,16 @@ impl Exporter for Ext4Exporter {
             cmd.args(["-N", &n.to_string()]);
         }
         cmd.arg(dest).arg(format!("{}k", size / 1024));
+        let t = std::time::Instant::now();
         MKE2FS.run(cmd, dest)?;
-
-        pin_inode_times(dest, &epoch, &ctx.tmp_dir)
+        let made = t.elapsed().as_secs_f64();
+        pin_inode_times(dest, &epoch, &ctx.tmp_dir)?;
+        tracing::debug!(
+            mke2fs_seconds = made,
+            pin_seconds = t.elapsed().as_secs_f64() - made,
+            "ext4 made"
+        );
+        Ok(())
     }
 }
 

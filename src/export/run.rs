@@ -21,15 +21,17 @@ use super::{
     OutputKind, OutputSpec, TreeStats,
 };
 use crate::image::Image;
-use crate::oci::{Digest, DigestWriter};
+use crate::oci::Digest;
 use crate::store::Store;
 
 /// Export one image to every requested output; the rootfs is flattened at
-/// most once (in a temp dir under the store's tmp) and only if an output
-/// needs it and is not cached.
+/// most once (in a temp dir under the store's tmp, or beside the `dir`
+/// destination if there is one) and only if an output needs it and is not
+/// cached.
 ///
 /// The image's layer blobs must be in the store. Reports come back in the
-/// order of `outputs`.
+/// order of `outputs`; the first output that needed the tree counts the
+/// flattening in its `seconds`, so the times add up to the whole.
 pub fn export_all(
     store: &Store,
     image: &Image,
@@ -86,6 +88,8 @@ pub(super) fn export_with(
         p.spec.kind.needs_rootfs() && !matches!(p.cached, Some(Keyed { hit: Some(_), .. }))
     });
     let mut tree: Option<Tree> = None;
+    // Charged to the first output that uses the tree.
+    let mut flatten_seconds = 0.0;
     if needs_tree {
         let first_dir = outputs.iter().find(|s| s.kind == OutputKind::Dir);
         tree = Some(Tree::make(
@@ -94,6 +98,7 @@ pub(super) fn export_with(
             first_dir.map(|s| s.dest.as_path()),
             epoch,
         )?);
+        flatten_seconds = tree.as_ref().map_or(0.0, |t| t.seconds);
     }
 
     let mut reports: Vec<Option<ExportReport>> = vec![None; outputs.len()];
@@ -108,6 +113,9 @@ pub(super) fn export_with(
             _ => export_file(&cache, plan, tree.as_ref(), &digest, epoch, store)?,
         };
         report.seconds = started.elapsed().as_secs_f64();
+        if !report.cached && plan.spec.kind.needs_rootfs() {
+            report.seconds += std::mem::take(&mut flatten_seconds);
+        }
         tracing::info!(dest = %report.dest.display(), cached = report.cached, "{}", report.summary);
         reports[i] = Some(report);
     }
@@ -117,12 +125,17 @@ pub(super) fn export_with(
         }
         let started = Instant::now();
         let dest = &plan.spec.dest;
-        let t = match tree.take() {
-            Some(t) if t.beside == Some(dest.clone()) => t,
+        let (t, shared) = match tree.take() {
+            Some(t) if t.beside.as_ref() == Some(dest) => (t, true),
             other => {
                 tree = other;
-                Tree::make(store, image, Some(dest), epoch)?
+                (Tree::make(store, image, Some(dest), epoch)?, false)
             }
+        };
+        let flattened_before = if shared {
+            std::mem::take(&mut flatten_seconds)
+        } else {
+            0.0
         };
         let ex = plan.exporter.as_ref().expect("dir has an exporter");
         let ctx = t.context(store, &digest, epoch);
@@ -139,7 +152,7 @@ pub(super) fn export_with(
             dest: dest.clone(),
             bytes: stats.file_bytes,
             cached: false,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: started.elapsed().as_secs_f64() + flattened_before,
             summary,
         });
     }
@@ -173,6 +186,8 @@ struct Tree {
     /// The `dir` destination it was made beside, if any.
     beside: Option<PathBuf>,
     stats: TreeStats,
+    /// How long flattening and counting took.
+    seconds: f64,
 }
 
 impl Tree {
@@ -208,6 +223,7 @@ impl Tree {
             path,
             beside: beside.map(Path::to_path_buf),
             stats,
+            seconds: started.elapsed().as_secs_f64(),
         })
     }
 
@@ -267,19 +283,31 @@ fn export_file(
         None => {
             let tree = tree.expect("a tree was flattened for uncached outputs");
             let ctx = tree.context(store, digest, epoch);
+            let t = Instant::now();
             ex.export(tree.path(), &ctx, &tmp)?;
+            let made = t.elapsed().as_secs_f64();
             let bytes = fs_err::metadata(&*tmp)?.len();
             let entry = Entry {
                 inputs: inputs.clone(),
                 bytes,
                 entries: tree.stats.entries,
-                sha256: sha256_file(&tmp)?,
             };
             cache.put(key, &tmp, &entry)?;
+            tracing::debug!(
+                kind = %plan.spec.kind,
+                made,
+                cache_seconds = t.elapsed().as_secs_f64() - made,
+                "made"
+            );
             (bytes, tree.stats.entries, false)
         }
     };
+    let t = Instant::now();
     persist_file(tmp, dest)?;
+    tracing::debug!(
+        seconds = t.elapsed().as_secs_f64(),
+        "fsynced and renamed into place"
+    );
     Ok(ExportReport {
         kind: plan.spec.kind,
         dest: dest.clone(),
@@ -321,13 +349,6 @@ fn export_oci(
             spec.tag()
         ),
     })
-}
-
-fn sha256_file(path: &Path) -> io::Result<Digest> {
-    let mut f = fs_err::File::open(path)?;
-    let mut w = DigestWriter::new(io::sink());
-    io::copy(&mut f, &mut w)?;
-    Ok(w.finish().1)
 }
 
 /// The path a destination really names: its parent resolved (links,
