@@ -207,6 +207,12 @@ fn every_export_type_holds_the_same_tree() {
     assert!(s.contains("security.capability"), "{s}");
     let s = ext4_stat(&img, "/usr/bin/tool");
     assert!(s.contains("Links: 2"), "{s}");
+    // ext4 keeps each file's (clamped) mtime; the pinned ctime and atime
+    // are the epoch.
+    let s = ext4_stat(&img, "/etc/added-by-layer-2");
+    assert!(s.contains(&format!(" mtime: {:#x}:", EPOCH - 100)), "{s}");
+    assert!(s.contains(&format!(" ctime: {EPOCH:#x}:")), "{s}");
+    assert!(s.contains(&format!(" atime: {EPOCH:#x}:")), "{s}");
     let s = ext4_stat(&img, "/");
     assert!(
         s.contains("Mode:  0755") && s.contains("User:     0   Group:     0"),

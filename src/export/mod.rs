@@ -10,7 +10,9 @@
 //! each output is then produced by an [`Exporter`] — the disk images by
 //! Debian's own mkfs tools, run with every flag that makes their output a
 //! function of the tree, the image digest and the epoch (DESIGN.md
-//! invariant 2). Single-file outputs are cached under
+//! invariant 2). Times: the tar, the directory and ext4 keep each file's
+//! mtime, clamped to the epoch; erofs and squashfs set every time to the
+//! epoch (their reproducible modes). Single-file outputs are cached under
 //! `store.exports_dir()` by a key over exactly those inputs, so a no-op
 //! rebuild only copies (reflinks where it can) the cached file into place.
 //! Nothing is half-written at a destination: outputs are made under a temp
