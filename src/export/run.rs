@@ -156,6 +156,13 @@ pub(super) fn export_with(
             summary,
         });
     }
+    let cleanup = Instant::now();
+    drop(tree);
+    tracing::debug!(
+        cleanup_seconds = cleanup.elapsed().as_secs_f64(),
+        seconds = started.elapsed().as_secs_f64(),
+        "exports done"
+    );
     Ok(reports
         .into_iter()
         .map(|r| r.expect("every output ran"))
