@@ -236,15 +236,19 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
-    let outputs = a
-        .outputs
+/// Parse `-o` values; a bad one is bad input (exit 2).
+pub fn parse_outputs(items: &[String]) -> anyhow::Result<Vec<crate::export::OutputSpec>> {
+    items
         .iter()
         .map(|o| {
             o.parse::<crate::export::OutputSpec>()
                 .map_err(|e| anyhow::Error::new(Failure::bad_input(format!("-o {o}: {e}"))))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect()
+}
+
+pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
+    let outputs = parse_outputs(&a.outputs)?;
     let tags = a
         .tags
         .iter()

@@ -92,3 +92,60 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
     println!("{digest}");
     Ok(())
 }
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tplbuild export 127.0.0.1:5000/products/gateway:1 -o type=ext4,dest=gateway.ext4,size=1G\n  \
+    tplbuild export oci:./templates:base-1 -o type=tar,dest=base.tar.zst,compression=zstd -o type=dir,dest=rootfs")]
+pub struct ExportArgs {
+    /// Any image: a template, a built product, a Docker-built image.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// type=tar|dir|ext4|erofs|squashfs|oci,dest=PATH[,opt=value] (repeatable).
+    #[arg(
+        long = "output",
+        short = 'o',
+        value_name = "type=T,dest=D",
+        required = true
+    )]
+    pub outputs: Vec<String>,
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+/// Flatten any image to rootfs outputs.
+pub async fn export(ctx: &Context, a: ExportArgs) -> anyhow::Result<()> {
+    let outputs = super::build::parse_outputs(&a.outputs)?;
+    let target = parse_target(&a.reference)?;
+    let platform = parse_platform(a.platform.as_deref())?;
+    let client = ctx.client()?;
+    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
+        .await
+        .with_context(|| format!("reading {target}"))?;
+    transfer::ensure_blobs(
+        &ctx.store,
+        &client,
+        &resolved.source,
+        resolved.image.layers(),
+    )
+    .await
+    .with_context(|| format!("pulling the layers of {target}"))?;
+    let epoch = crate::plan::epoch_for(&resolved);
+    let store = ctx.store.clone();
+    let image = resolved.image.clone();
+    let reports = tokio::task::spawn_blocking(move || {
+        crate::export::export_all(&store, &image, &outputs, epoch)
+    })
+    .await?
+    .with_context(|| format!("exporting {target}"))?;
+    for r in reports {
+        eprintln!(
+            "wrote {} {}{} in {:.1}s",
+            r.dest.display(),
+            r.summary,
+            if r.cached { " (cached)" } else { "" },
+            r.seconds
+        );
+    }
+    Ok(())
+}

@@ -77,6 +77,8 @@ pub enum Command {
     Plan(build::PlanArgs),
     /// Build a Buildfile: run the missing steps, cache them, export the result.
     Build(build::BuildArgs),
+    /// Flatten any image into a tarball, folder or ext4/erofs/squashfs image.
+    Export(copy::ExportArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -140,6 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(a) => copy::copy(&ctx, a).await,
         Command::Plan(a) => build::plan_cmd(&ctx, a).await,
         Command::Build(a) => build::build_cmd(&ctx, a).await,
+        Command::Export(a) => copy::export(&ctx, a).await,
     }
 }
 
