@@ -168,7 +168,7 @@ pub enum ExportError {
     Layout {
         dest: PathBuf,
         #[source]
-        source: crate::transfer::TransferError,
+        source: Box<crate::transfer::TransferError>,
     },
     #[error("{tool} is not installed (looked in PATH, /usr/sbin and /sbin); install the Debian package {package}")]
     ToolMissing {

@@ -283,7 +283,7 @@ fn export_oci(
     crate::transfer::write_layout_image(store, image, &spec.dest, spec.tag()).map_err(
         |source| ExportError::Layout {
             dest: spec.dest.clone(),
-            source,
+            source: Box::new(source),
         },
     )?;
     let bytes =
