@@ -235,31 +235,51 @@ pub(crate) fn empty_descriptor() -> Descriptor {
     )
 }
 
+/// Why a manifest gives no index blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NoIndex {
+    /// Something else lives at the tag (an image, an index): never
+    /// overwritten by a push.
+    Foreign(String),
+    /// A cache manifest that cannot be used; a push replaces it.
+    Broken(String),
+}
+
+impl std::fmt::Display for NoIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoIndex::Foreign(why) | NoIndex::Broken(why) => f.write_str(why),
+        }
+    }
+}
+
 /// The index blob named by a cache manifest, or why there is none.
-pub(crate) fn index_blob_of(bytes: &[u8], media_type: &str) -> Result<Descriptor, String> {
+pub(crate) fn index_blob_of(bytes: &[u8], media_type: &str) -> Result<Descriptor, NoIndex> {
     let manifest = match ManifestDoc::parse(bytes, Some(media_type)) {
         Ok(ManifestDoc::Image(m)) => m,
         Ok(ManifestDoc::Index(_)) => {
-            return Err("it is an image index, not a tplbuild cache manifest".into())
+            return Err(NoIndex::Foreign(
+                "it is an image index, not a tplbuild cache".into(),
+            ))
         }
-        Err(e) => return Err(format!("its manifest is invalid ({e})")),
+        Err(e) => return Err(NoIndex::Broken(format!("its manifest is invalid ({e})"))),
     };
     if manifest.artifact_type.as_deref() != Some(CACHE_ARTIFACT_TYPE) {
-        return Err(format!(
+        return Err(NoIndex::Foreign(format!(
             "it is not a tplbuild cache (artifactType {:?}, expected {CACHE_ARTIFACT_TYPE:?})",
             manifest.artifact_type.as_deref().unwrap_or("")
-        ));
+        )));
     }
     let blob = manifest
         .layers
         .into_iter()
         .find(|l| l.media_type == INDEX_MEDIA_TYPE)
-        .ok_or_else(|| format!("its manifest has no {INDEX_MEDIA_TYPE} layer"))?;
+        .ok_or_else(|| NoIndex::Broken(format!("its manifest has no {INDEX_MEDIA_TYPE} layer")))?;
     if blob.size > MAX_INDEX_BYTES {
-        return Err(format!(
+        return Err(NoIndex::Broken(format!(
             "its index blob has {} bytes, more than the limit of {MAX_INDEX_BYTES}",
             blob.size
-        ));
+        )));
     }
     Ok(blob)
 }
@@ -464,16 +484,21 @@ mod tests {
         };
         let err =
             index_blob_of(&serde_json::to_vec(&m).unwrap(), MediaType::OCI_MANIFEST).unwrap_err();
-        assert!(err.contains("not a tplbuild cache"), "{err}");
+        assert!(
+            matches!(&err, NoIndex::Foreign(why) if why.contains("not a tplbuild cache")),
+            "{err}"
+        );
     }
 
     #[test]
     fn an_oversized_index_blob_is_refused_before_download() {
         let blob = Descriptor::new(INDEX_MEDIA_TYPE, Digest::of(b"x"), MAX_INDEX_BYTES + 1);
         let bytes = CacheIndex::default().manifest_bytes(&blob);
-        assert!(index_blob_of(&bytes, MediaType::OCI_MANIFEST)
-            .unwrap_err()
-            .contains("limit"));
+        let err = index_blob_of(&bytes, MediaType::OCI_MANIFEST).unwrap_err();
+        assert!(
+            matches!(&err, NoIndex::Broken(why) if why.contains("limit")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,7 +58,8 @@
 //! when a writer read before our PUT and wrote after our last check — a
 //! window of one round trip that step 4's wait makes very unlikely. An
 //! index written by a newer tplbuild is never overwritten
-//! ([`CacheError::NewerIndex`]). If the registry refuses the manifest
+//! ([`CacheError::NewerIndex`]), nor is a tag that holds something else,
+//! such as an image ([`CacheError::NotACache`]); a broken cache index is. If the registry refuses the manifest
 //! because a listed layer vanished (`MANIFEST_BLOB_UNKNOWN`), the entries
 //! whose layers are gone are dropped, with a warning, and the push goes on.
 //!
@@ -132,6 +133,8 @@ pub enum CacheError {
     },
     #[error("the cache index {reference} was written by a newer tplbuild (format version {version}); not overwriting it (hint: upgrade tplbuild or push to another tag)")]
     NewerIndex { reference: Reference, version: u64 },
+    #[error("pushing the cache to {reference}: {why}; not overwriting it (hint: use another tag for the cache)")]
+    NotACache { reference: Reference, why: String },
     #[error("pushing the cache index {reference}: other writers replaced it {attempts} times in a row; giving up")]
     Contended { reference: Reference, attempts: u32 },
     #[error("pushing the cache to {reference}: the layer {digest} of step {key} is neither in the local store nor in the registry")]

@@ -219,6 +219,12 @@ async fn merge_into_tag(
                 version,
             });
         }
+        if let Some(why) = base.foreign {
+            return Err(CacheError::NotACache {
+                reference: reference.clone(),
+                why,
+            });
+        }
         warnings.extend(base.warnings.iter().cloned());
         let base_index = base.index.without_layers(&gone);
         let merged = base_index.merge(ours);

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use super::index::{index_blob_of, CacheIndex, Decoded};
+use super::index::{index_blob_of, CacheIndex, Decoded, NoIndex};
 use super::{CacheEntry, CacheError};
 use crate::oci::{Digest, Reference};
 use crate::registry::{Client, RegistryError, VecSink};
@@ -20,6 +20,8 @@ pub(crate) struct Snapshot {
     pub index: CacheIndex,
     /// Set when the index was written by a newer tplbuild.
     pub newer: Option<u64>,
+    /// Set when the tag holds something that is not a cache index.
+    pub foreign: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -29,6 +31,7 @@ impl Snapshot {
             manifest,
             index: CacheIndex::default(),
             newer: None,
+            foreign: None,
             warnings: warning.into_iter().collect(),
         }
     }
@@ -65,7 +68,13 @@ pub(crate) async fn read_snapshot(
     let warn = |why: String| format!("ignoring the cache {reference}: {why}");
     let blob = match index_blob_of(&raw.bytes, &raw.media_type) {
         Ok(b) => b,
-        Err(why) => return Ok(Snapshot::empty(Some(raw.digest), Some(warn(why)))),
+        Err(NoIndex::Broken(why)) => return Ok(Snapshot::empty(Some(raw.digest), Some(warn(why)))),
+        Err(NoIndex::Foreign(why)) => {
+            return Ok(Snapshot {
+                foreign: Some(why.clone()),
+                ..Snapshot::empty(Some(raw.digest), Some(warn(why)))
+            })
+        }
     };
     let mut sink = VecSink::default();
     match client
@@ -89,6 +98,7 @@ pub(crate) async fn read_snapshot(
             manifest: Some(raw.digest),
             index,
             newer: None,
+            foreign: None,
             warnings: warnings
                 .into_iter()
                 .map(|w| format!("cache {reference}: {w}"))
