@@ -125,13 +125,12 @@ impl CacheIndex {
         let Some(doc) = v.as_object() else {
             return Decoded::Corrupt("the index is not a JSON object".into());
         };
-        let version = match doc.get("version").and_then(|v| v.as_u64()) {
+        match doc.get("version").and_then(|v| v.as_u64()) {
+            Some(INDEX_VERSION) => {}
             Some(v) if v > INDEX_VERSION => return Decoded::Newer(v),
-            Some(INDEX_VERSION) => INDEX_VERSION,
             Some(v) => return Decoded::Corrupt(format!("unknown index version {v}")),
             None => return Decoded::Corrupt("the index has no numeric `version`".into()),
-        };
-        debug_assert_eq!(version, INDEX_VERSION);
+        }
         let Some(raw) = doc.get("entries").and_then(|e| e.as_object()) else {
             return Decoded::Corrupt("the index has no `entries` object".into());
         };

@@ -140,8 +140,9 @@ async fn upload_layer(
                 digest: layer.digest.clone(),
             });
         };
-        // The registry client mounts only blobs it could upload, so the
-        // layer comes into the store first (see the report's notes).
+        // The registry client mounts only a blob it could also upload from
+        // a file, so the layer comes into the store first. A mount-only
+        // client call would save this download.
         ensure_blobs(
             store,
             client,
