@@ -139,6 +139,7 @@ fn step_in(store: &Store, name: &str) -> StepRecord {
         uncompressed_size: 8192,
         inputs: BTreeMap::from([("run".to_string(), format!("echo {name}"))]),
         removed_secrets: vec!["etc/machine-id".to_string()],
+        packages: None,
     }
 }
 

@@ -73,7 +73,7 @@ impl Runner {
         &mut self,
         store: &Store,
         client: &Client,
-        plan: &Plan,
+        sources: &transfer::Sources,
         image: &Image,
     ) -> anyhow::Result<String> {
         let tag = format!("tplbuild/state:{}", image.digest().hex());
@@ -88,7 +88,7 @@ impl Runner {
             .filter(|(_, d)| !self.present.contains(*d))
             .map(|(l, _)| l.clone())
             .collect();
-        transfer::ensure_blobs(store, client, &plan.base.source, &missing)
+        transfer::ensure_from(store, client, sources, &missing)
             .await
             .context("fetching the parent layers")?;
         let spec = self.load_spec(store, image, true)?;
@@ -101,7 +101,7 @@ impl Runner {
             }
             // An engine that insists on reading every layer: send them all.
             tracing::debug!("load with known layers left out failed ({e}); sending all layers");
-            transfer::ensure_blobs(store, client, &plan.base.source, image.layers())
+            transfer::ensure_from(store, client, sources, image.layers())
                 .await
                 .context("fetching the parent layers")?;
             let full = self.load_spec(store, image, false)?;
@@ -149,6 +149,7 @@ impl Runner {
         &mut self,
         store: &Store,
         client: &Client,
+        sources: &transfer::Sources,
         plan: &Plan,
         step: &Step,
         parent: &Image,
@@ -166,13 +167,13 @@ impl Runner {
         if let StepKind::Copy { chown: Some(c), .. } = &step.kind {
             if c.split(':').any(|part| part.parse::<u32>().is_err()) {
                 // Names are looked up in the parent's /etc/passwd and /etc/group.
-                transfer::ensure_blobs(store, client, &plan.base.source, parent.layers())
+                transfer::ensure_from(store, client, sources, parent.layers())
                     .await
                     .map_err(|e| wrap(e.into()))?;
             }
         }
         let tag = self
-            .ensure_state(store, client, plan, parent)
+            .ensure_state(store, client, sources, parent)
             .await
             .map_err(wrap)?;
         let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -293,6 +294,7 @@ impl Runner {
             exclude: ENGINE_PATHS.iter().map(|s| s.to_string()).collect(),
         };
         let store2 = store.clone();
+        let packages = packages_in_upper(&upper);
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut w = store2.blob_writer()?;
             let written = layer::write_overlay_upper(&upper, &mut w, &opts)?;
@@ -314,10 +316,30 @@ impl Runner {
             uncompressed,
             inputs,
             written.report.removed_secrets.clone(),
+            packages,
         );
         store.put_step(&rec)?;
         Ok(rec)
     }
+}
+
+/// The package list when the step rewrote dpkg's database. Read from the
+/// upper dir without following links the container made.
+fn packages_in_upper(upper: &std::path::Path) -> Option<String> {
+    let mut path = upper.to_path_buf();
+    for part in ["var", "lib", "dpkg"] {
+        path.push(part);
+        if !fs_err::symlink_metadata(&path).ok()?.is_dir() {
+            return None;
+        }
+    }
+    path.push("status");
+    if !fs_err::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let text = fs_err::read_to_string(&path).ok()?;
+    let pkgs = crate::template::rootfs::parse_dpkg_status(&text);
+    Some(crate::image::package_lines(&pkgs))
 }
 
 fn resolve_chown(store: &Store, image: &Image, chown: Option<&str>) -> anyhow::Result<(u32, u32)> {

@@ -34,6 +34,9 @@ pub struct CacheEntry {
     pub inputs: BTreeMap<String, String>,
     /// The compressed layer blob, in the cache repository.
     pub layer: Descriptor,
+    /// The dpkg package list after the step, when the step wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<String>,
     #[serde(default)]
     pub removed_secrets: Vec<String>,
     pub uncompressed_size: u64,
@@ -45,6 +48,7 @@ impl From<&StepRecord> for CacheEntry {
             diff_id: r.diff_id.clone(),
             inputs: r.inputs.clone(),
             layer: r.layer.clone(),
+            packages: r.packages.clone(),
             removed_secrets: r.removed_secrets.clone(),
             uncompressed_size: r.uncompressed_size,
         }
@@ -62,6 +66,7 @@ impl CacheEntry {
             uncompressed_size: self.uncompressed_size,
             inputs: self.inputs.clone(),
             removed_secrets: self.removed_secrets.clone(),
+            packages: self.packages.clone(),
         }
     }
 }
@@ -300,6 +305,7 @@ mod tests {
                 123,
             ),
             removed_secrets: vec!["etc/machine-id".into()],
+            packages: None,
             uncompressed_size: 456,
         }
     }

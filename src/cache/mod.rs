@@ -167,6 +167,7 @@ mod tests {
             uncompressed_size: 20,
             inputs: BTreeMap::new(),
             removed_secrets: vec![],
+            packages: None,
         }
     }
 

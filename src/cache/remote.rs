@@ -280,6 +280,7 @@ mod tests {
                 layer.len() as u64,
             ),
             removed_secrets: vec![],
+            packages: None,
             uncompressed_size: 3,
         };
         RemoteCache::from_parts(

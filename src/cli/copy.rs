@@ -69,25 +69,44 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         (Target::Registry(s), Target::Registry(d)) if s.registry == d.registry => Some(s.clone()),
         _ => None,
     };
-    // Blobs are fetched into the store first, even when a mount will make
-    // the upload unnecessary: a registry may refuse the mount.
-    transfer::ensure_blobs(
-        &ctx.store,
-        &client,
-        &resolved.source,
-        resolved.image.layers(),
-    )
-    .await
-    .with_context(|| format!("reading the layers of {src}"))?;
-    let digest = transfer::publish(
-        &ctx.store,
-        &client,
-        &resolved.image,
-        &dest,
-        mount_from.as_ref(),
-    )
-    .await
-    .with_context(|| format!("writing {dest}"))?;
+    if mount_from.is_none() {
+        transfer::ensure_blobs(
+            &ctx.store,
+            &client,
+            &resolved.source,
+            resolved.image.layers(),
+        )
+        .await
+        .with_context(|| format!("reading the layers of {src}"))?;
+    }
+    // Within one registry, blobs are mounted and nothing is downloaded; if
+    // the registry refuses a mount, the blob is fetched and uploaded.
+    let first = transfer::publish(&ctx.store, &client, &resolved.image, &dest, &|_| {
+        mount_from.clone()
+    })
+    .await;
+    let digest = match first {
+        Ok(d) => d,
+        Err(e) if mount_from.is_some() => {
+            tracing::debug!("mount-only copy failed ({e}); copying through the store");
+            transfer::ensure_blobs(
+                &ctx.store,
+                &client,
+                &resolved.source,
+                resolved.image.layers(),
+            )
+            .await
+            .with_context(|| format!("reading the layers of {src}"))?;
+            transfer::publish(&ctx.store, &client, &resolved.image, &dest, &|_| {
+                mount_from.clone()
+            })
+            .await
+            .with_context(|| format!("writing {dest}"))?
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("writing {dest}")));
+        }
+    };
     eprintln!("copied {} to {dest}", resolved.pinned);
     println!("{digest}");
     Ok(())
