@@ -162,10 +162,14 @@ fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
 async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
     let args = parse_build_args(&a.build_args)?;
     let bf = buildfile::parse_file(&a.file, &args).map_err(|diags| {
-        anyhow::Error::new(
-            Failure::bad_input(format!("{diags}"))
-                .with_hint("fix the Buildfile; docs/buildfile.md describes every instruction"),
-        )
+        let n = diags.0.len();
+        let mut f = Failure::bad_input(format!(
+            "{diags}\n{n} error{} in {}; docs/buildfile.md describes every instruction\n",
+            if n == 1 { "" } else { "s" },
+            a.file.display()
+        ));
+        f.preformatted = true;
+        anyhow::Error::new(f)
     })?;
     let platform = parse_platform(a.platform.as_deref())?;
     let target = parse_target(&bf.from.reference)?;
@@ -474,6 +478,7 @@ fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
             message: "build interrupted; nothing was recorded for the unfinished step".into(),
             hint: None,
             code,
+            preformatted: false,
         });
     }
     if let Some(i) = e.downcast_ref::<build::Interrupted>() {
@@ -482,6 +487,7 @@ fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
             message: "build interrupted; nothing was recorded for the unfinished step".into(),
             hint: None,
             code,
+            preformatted: false,
         });
     }
     let _ = exit::FAILURE;

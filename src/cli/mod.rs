@@ -152,6 +152,9 @@ pub struct Failure {
     pub message: String,
     pub hint: Option<String>,
     pub code: u8,
+    /// The message is already a full report (Buildfile diagnostics) and is
+    /// printed as it is.
+    pub preformatted: bool,
 }
 
 impl Failure {
@@ -160,6 +163,7 @@ impl Failure {
             message: message.into(),
             hint: None,
             code: exit::BAD_INPUT,
+            preformatted: false,
         }
     }
     pub fn failed(message: impl Into<String>) -> Self {
@@ -167,6 +171,7 @@ impl Failure {
             message: message.into(),
             hint: None,
             code: exit::FAILURE,
+            preformatted: false,
         }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -187,6 +192,10 @@ impl std::error::Error for Failure {}
 pub fn report(err: &anyhow::Error) -> u8 {
     let mut code = exit::FAILURE;
     let mut hint = None;
+    if let Some(f) = err.downcast_ref::<Failure>().filter(|f| f.preformatted) {
+        eprint!("{}", f.message);
+        return f.code;
+    }
     let mut chain = err.chain();
     if let Some(first) = chain.next() {
         eprintln!("error: {first}");
