@@ -26,6 +26,9 @@ pub mod keys {
     pub const ARCH: &str = "dev.tplbuild.template.architecture";
     pub const OS_ID: &str = "dev.tplbuild.template.os";
     pub const PACKAGE_COUNT: &str = "dev.tplbuild.template.package-count";
+    /// The apt sources of the rootfs (JSON list of `{uri, suite}`), so a
+    /// plan can fetch the archive state without pulling the layers.
+    pub const APT_SOURCES: &str = "dev.tplbuild.template.apt-sources";
     /// Config label with the dpkg package list, one `name version arch` per line.
     pub const PACKAGES: &str = "dev.tplbuild.packages";
 }

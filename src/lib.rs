@@ -9,6 +9,7 @@
 
 pub mod build;
 pub mod buildfile;
+pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod export;

@@ -114,6 +114,7 @@ fn rootfs_gz_layer() -> LoadLayer {
         fs_err::rename(&tmp, &gz).unwrap();
     }
     LoadLayer {
+        present: false,
         blob_path: gz,
         compression: Compression::Gzip,
         ..plain

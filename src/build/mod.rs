@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::buildfile::Span;
 use crate::engine::{EngineChoice, Network};
-use crate::image::{keys, package_lines, Image};
+use crate::image::{keys, Image};
 use crate::oci::{Descriptor, Digest, RuntimeConfig};
 use crate::plan::explain::{self, RecordedStep};
 use crate::plan::Plan;
@@ -29,11 +29,12 @@ use crate::transfer;
 
 pub use signals::Interrupted;
 
-#[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub engine: EngineChoice,
     pub network: Network,
     pub no_cache: bool,
+    /// Registry caches consulted after the local store, in order.
+    pub cache_from: Vec<crate::cache::RemoteCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,13 @@ pub enum BuildError {
 #[derive(Debug, Clone)]
 pub struct Built {
     pub image: Image,
+    /// Every step's record, bottom first (for `--cache-to`).
+    pub records: Vec<StepRecord>,
+    /// Where the image's blobs can be fetched or mounted from.
+    pub sources: transfer::Sources,
     pub hits: usize,
+    /// Of `hits`, those found in a registry cache.
+    pub remote_hits: usize,
     pub runs: usize,
     pub elapsed: Duration,
     pub removed_secrets: Vec<String>,
@@ -84,7 +91,10 @@ pub async fn build(
     let mut image = plan.base.image.clone();
     let mut runner: Option<run::Runner> = None;
     let mut hits = 0;
+    let mut remote_hits = 0;
     let mut runs = 0;
+    let mut records: Vec<StepRecord> = vec![];
+    let mut sources = transfer::Sources::new(plan.base.source.clone());
     let mut removed_secrets = vec![];
     let mut recorded = vec![];
     let previous = explain::load_previous(store, &plan.buildfile.path);
@@ -100,12 +110,25 @@ pub async fn build(
         let cached = if opts.no_cache {
             None
         } else {
-            store.get_step(&key)?
+            match store.get_step(&key)? {
+                Some(rec) => Some((rec, "HIT")),
+                // A registry hit downloads nothing now: the layer is fetched
+                // (or mounted) only if an output or a later step needs it.
+                None => opts.cache_from.iter().find_map(|c| {
+                    c.lookup(&key).map(|e| {
+                        sources.add(e.layer.digest.clone(), c.reference.clone());
+                        (e.to_record(&key), "HIT (registry)")
+                    })
+                }),
+            }
         };
         let (record, status, mut notes) = match cached {
-            Some(rec) => {
+            Some((rec, status)) => {
                 hits += 1;
-                (rec, "HIT", vec![])
+                if status != "HIT" {
+                    remote_hits += 1;
+                }
+                (rec, status, vec![])
             }
             None => {
                 let reasons = explain::reasons(&step.text, previous.get(step.number - 1), &inputs);
@@ -117,6 +140,7 @@ pub async fn build(
                     .run_step(
                         store,
                         client,
+                        &sources,
                         plan,
                         step,
                         &image,
@@ -157,15 +181,19 @@ pub async fn build(
             inputs,
         });
         image = image.with_layer(record.layer.clone(), record.diff_id.clone());
+        records.push(record);
     }
 
-    let image = finalize(store, plan, &image)?;
+    let image = finalize(plan, &image, &records);
     transfer::store_image(store, &image)?;
     explain::save(store, &plan.buildfile.path, &recorded);
     let containers_created = runner.as_ref().map_or(0, |r| r.containers_created);
     Ok(Built {
         image,
+        records,
+        sources,
         hits,
+        remote_hits,
         runs,
         elapsed: started.elapsed(),
         removed_secrets,
@@ -176,7 +204,7 @@ pub async fn build(
 /// The final image: ENV, LABELs (also as annotations), the template's
 /// annotations carried over, base name/digest, and the package list read
 /// from the topmost dpkg database.
-fn finalize(store: &Store, plan: &Plan, image: &Image) -> anyhow::Result<Image> {
+fn finalize(plan: &Plan, image: &Image, records: &[StepRecord]) -> Image {
     let base = &plan.base.image;
     let mut labels = base.labels();
     labels.extend(plan.labels.clone());
@@ -195,17 +223,11 @@ fn finalize(store: &Store, plan: &Plan, image: &Image) -> anyhow::Result<Image> 
         plan.buildfile.from.reference.clone(),
     );
     annotations.insert(keys::BASE_DIGEST.into(), base.digest().to_string());
-    if image.layers().len() > base.layers().len() {
-        // Only the build's own layers: the template's may not be in the
-        // store (an engine that already had it needed no download), and
-        // its list is in its labels already.
-        let ours = &image.layers()[base.layers().len()..];
-        let status = files::read_files_in(store, ours, &["var/lib/dpkg/status"])?;
-        if let Some(s) = status.get("var/lib/dpkg/status") {
-            let pkgs = crate::template::rootfs::parse_dpkg_status(&String::from_utf8_lossy(s));
-            annotations.insert(keys::PACKAGE_COUNT.into(), pkgs.len().to_string());
-            labels.insert(keys::PACKAGES.into(), package_lines(&pkgs));
-        }
+    // The package list after the last step that changed dpkg's database.
+    if let Some(pkgs) = records.iter().rev().find_map(|r| r.packages.as_deref()) {
+        let count = crate::image::parse_package_lines(pkgs).len();
+        annotations.insert(keys::PACKAGE_COUNT.into(), count.to_string());
+        labels.insert(keys::PACKAGES.into(), pkgs.to_string());
     }
     for (k, v) in &plan.labels {
         annotations.insert(k.clone(), v.clone());
@@ -217,7 +239,7 @@ fn finalize(store: &Store, plan: &Plan, image: &Image) -> anyhow::Result<Image> 
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     runtime.labels = labels;
-    Ok(image.with_metadata(runtime, Some(created), annotations))
+    image.with_metadata(runtime, Some(created), annotations)
 }
 
 /// JSON summary for `--progress json` and the human one.
@@ -226,6 +248,7 @@ pub fn summary(built: &Built, tags: &[String]) -> (serde_json::Value, String) {
     let v = json!({
         "digest": built.image.digest().to_string(),
         "steps_hit": built.hits,
+        "steps_hit_registry": built.remote_hits,
         "steps_run": built.runs,
         "containers_created": built.containers_created,
         "seconds": built.elapsed.as_secs_f64(),
@@ -253,8 +276,10 @@ pub(crate) fn record_for(
     uncompressed_size: u64,
     inputs: BTreeMap<String, String>,
     removed_secrets: Vec<String>,
+    packages: Option<String>,
 ) -> StepRecord {
     StepRecord {
+        packages,
         version: crate::store::steps::STEP_RECORD_VERSION,
         key: key.clone(),
         layer,

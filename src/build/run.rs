@@ -34,6 +34,9 @@ pub struct Runner {
     engine: Engine,
     network: engine::Network,
     pub containers_created: usize,
+    /// Layers (by diff_id) the engine is known to hold, from the states
+    /// this run loaded or found.
+    present: std::collections::BTreeSet<Digest>,
 }
 
 impl Runner {
@@ -59,27 +62,67 @@ impl Runner {
             engine,
             network: opts.network,
             containers_created: 0,
+            present: Default::default(),
         })
     }
 
     /// Make the engine hold exactly `image`'s layers under a tag derived
-    /// from its digest; load it only if the engine does not have it.
+    /// from its digest; load it only if the engine does not have it, and
+    /// then send only the layers it does not have yet.
     async fn ensure_state(
-        &self,
+        &mut self,
         store: &Store,
         client: &Client,
-        plan: &Plan,
+        sources: &transfer::Sources,
         image: &Image,
     ) -> anyhow::Result<String> {
         let tag = format!("tplbuild/state:{}", image.digest().hex());
         if self.engine.has_image(&tag).await? {
+            self.present.extend(image.diff_ids().iter().cloned());
             return Ok(tag);
         }
-        transfer::ensure_blobs(store, client, &plan.base.source, image.layers())
+        let missing: Vec<_> = image
+            .layers()
+            .iter()
+            .zip(image.diff_ids())
+            .filter(|(_, d)| !self.present.contains(*d))
+            .map(|(l, _)| l.clone())
+            .collect();
+        transfer::ensure_from(store, client, sources, &missing)
             .await
             .context("fetching the parent layers")?;
+        let spec = self.load_spec(store, image, true)?;
+        let kind = self.engine.info().kind;
+        if let Err(e) = self.engine.load_image(&tag, &spec).await {
+            if !spec.layers.iter().any(|l| l.present) {
+                return Err(
+                    anyhow::Error::new(e).context(format!("loading the parent image into {kind}"))
+                );
+            }
+            // An engine that insists on reading every layer: send them all.
+            tracing::debug!("load with known layers left out failed ({e}); sending all layers");
+            transfer::ensure_from(store, client, sources, image.layers())
+                .await
+                .context("fetching the parent layers")?;
+            let full = self.load_spec(store, image, false)?;
+            self.engine
+                .load_image(&tag, &full)
+                .await
+                .with_context(|| format!("loading the parent image into {kind}"))?;
+        }
+        self.present.extend(image.diff_ids().iter().cloned());
+        Ok(tag)
+    }
+
+    fn load_spec(
+        &self,
+        store: &Store,
+        image: &Image,
+        skip_present: bool,
+    ) -> anyhow::Result<LoadSpec> {
         let mut layers = vec![];
         for (desc, diff_id) in image.layers().iter().zip(image.diff_ids()) {
+            let present = skip_present && self.present.contains(diff_id);
             layers.push(LoadLayer {
                 blob_path: store.blob_path(&desc.digest),
                 compression: desc
@@ -87,17 +130,18 @@ impl Runner {
                     .layer_compression()
                     .unwrap_or(Compression::Gzip),
                 diff_id: diff_id.clone(),
-                uncompressed_size: uncompressed_size(store, desc, diff_id)?,
+                uncompressed_size: if present {
+                    0
+                } else {
+                    uncompressed_size(store, desc, diff_id)?
+                },
+                present,
             });
         }
-        let spec = LoadSpec {
+        Ok(LoadSpec {
             config_json: image.config_bytes.clone(),
             layers,
-        };
-        self.engine.load_image(&tag, &spec).await.with_context(|| {
-            format!("loading the parent image into {}", self.engine.info().kind)
-        })?;
-        Ok(tag)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -105,6 +149,7 @@ impl Runner {
         &mut self,
         store: &Store,
         client: &Client,
+        sources: &transfer::Sources,
         plan: &Plan,
         step: &Step,
         parent: &Image,
@@ -122,13 +167,13 @@ impl Runner {
         if let StepKind::Copy { chown: Some(c), .. } = &step.kind {
             if c.split(':').any(|part| part.parse::<u32>().is_err()) {
                 // Names are looked up in the parent's /etc/passwd and /etc/group.
-                transfer::ensure_blobs(store, client, &plan.base.source, parent.layers())
+                transfer::ensure_from(store, client, sources, parent.layers())
                     .await
                     .map_err(|e| wrap(e.into()))?;
             }
         }
         let tag = self
-            .ensure_state(store, client, plan, parent)
+            .ensure_state(store, client, sources, parent)
             .await
             .map_err(wrap)?;
         let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -249,6 +294,7 @@ impl Runner {
             exclude: ENGINE_PATHS.iter().map(|s| s.to_string()).collect(),
         };
         let store2 = store.clone();
+        let packages = packages_in_upper(&upper);
         let written = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut w = store2.blob_writer()?;
             let written = layer::write_overlay_upper(&upper, &mut w, &opts)?;
@@ -270,10 +316,30 @@ impl Runner {
             uncompressed,
             inputs,
             written.report.removed_secrets.clone(),
+            packages,
         );
         store.put_step(&rec)?;
         Ok(rec)
     }
+}
+
+/// The package list when the step rewrote dpkg's database. Read from the
+/// upper dir without following links the container made.
+fn packages_in_upper(upper: &std::path::Path) -> Option<String> {
+    let mut path = upper.to_path_buf();
+    for part in ["var", "lib", "dpkg"] {
+        path.push(part);
+        if !fs_err::symlink_metadata(&path).ok()?.is_dir() {
+            return None;
+        }
+    }
+    path.push("status");
+    if !fs_err::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let text = fs_err::read_to_string(&path).ok()?;
+    let pkgs = crate::template::rootfs::parse_dpkg_status(&text);
+    Some(crate::image::package_lines(&pkgs))
 }
 
 fn resolve_chown(store: &Store, image: &Image, chown: Option<&str>) -> anyhow::Result<(u32, u32)> {

@@ -59,6 +59,8 @@ pub struct BuildfileArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub bf: BuildfileArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +94,55 @@ pub struct BuildArgs {
     /// How to show progress.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Push the registry cache here after the build: HOST/REPO:TAG.
+    #[arg(long = "cache-to", value_name = "REF")]
+    pub cache_to: Option<String>,
+    /// Which steps --cache-to pushes: min = the final image's layers, max = every step.
+    #[arg(long = "cache-mode", value_enum, default_value = "max")]
+    pub cache_mode: crate::cache::CacheMode,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Consult this registry cache after the local store (repeatable,
+    /// searched in order): HOST/REPO:TAG as written by --cache-to.
+    #[arg(long = "cache-from", value_name = "REF")]
+    pub cache_from: Vec<String>,
+}
+
+fn parse_registry_ref(s: &str, flag: &str) -> anyhow::Result<crate::oci::Reference> {
+    match parse_target(s)? {
+        crate::oci::Target::Registry(r) => Ok(r),
+        crate::oci::Target::Layout { .. } => Err(Failure::bad_input(format!(
+            "{flag} {s}: a registry cache lives in a registry, not an OCI layout"
+        ))
+        .into()),
+    }
+}
+
+/// Load every `--cache-from` index. A cache that cannot be read is a
+/// warning: the steps then run, and the build still succeeds.
+async fn load_caches(
+    client: &crate::registry::Client,
+    args: &CacheArgs,
+    progress: &Progress,
+) -> anyhow::Result<Vec<crate::cache::RemoteCache>> {
+    let mut caches = vec![];
+    for s in &args.cache_from {
+        let r = parse_registry_ref(s, "--cache-from")?;
+        match crate::cache::RemoteCache::load(client, &r).await {
+            Ok(c) => {
+                for w in &c.warnings {
+                    progress.warn(&format!("cache {r}: {w}"));
+                }
+                caches.push(c);
+            }
+            Err(e) => progress.warn(&format!("cache {r} is not usable, ignoring it: {e}")),
+        }
+    }
+    Ok(caches)
 }
 
 fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -111,10 +162,14 @@ fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
 async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
     let args = parse_build_args(&a.build_args)?;
     let bf = buildfile::parse_file(&a.file, &args).map_err(|diags| {
-        anyhow::Error::new(
-            Failure::bad_input(format!("{diags}"))
-                .with_hint("fix the Buildfile; docs/buildfile.md describes every instruction"),
-        )
+        let n = diags.0.len();
+        let mut f = Failure::bad_input(format!(
+            "{diags}\n{n} error{} in {}; docs/buildfile.md describes every instruction\n",
+            if n == 1 { "" } else { "s" },
+            a.file.display()
+        ));
+        f.preformatted = true;
+        anyhow::Error::new(f)
     })?;
     let platform = parse_platform(a.platform.as_deref())?;
     let target = parse_target(&bf.from.reference)?;
@@ -136,13 +191,19 @@ async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
         )
     });
     let apt_state = if needs_apt {
-        transfer::ensure_blobs(&ctx.store, &client, &base.source, base.image.layers())
-            .await
-            .context("fetching the template's layers to read its apt sources")?;
-        let store = ctx.store.clone();
-        let image = base.image.clone();
-        let sources =
-            tokio::task::spawn_blocking(move || apt::sources_in_image(&store, &image)).await??;
+        // A template made by tplbuild names its apt sources; others are read
+        // from their layers (which then must be fetched).
+        let sources = match apt::sources_in_annotations(&base.image) {
+            Some(s) => s,
+            None => {
+                transfer::ensure_blobs(&ctx.store, &client, &base.source, base.image.layers())
+                    .await
+                    .context("fetching the template's layers to read its apt sources")?;
+                let store = ctx.store.clone();
+                let image = base.image.clone();
+                tokio::task::spawn_blocking(move || apt::sources_in_image(&store, &image)).await??
+            }
+        };
         apt::archive_state(&sources).await
     } else {
         BTreeMap::new()
@@ -152,6 +213,8 @@ async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
 
 pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
     let plan = make_plan(ctx, &a.bf).await?;
+    let client = ctx.client()?;
+    let caches = load_caches(&client, &a.cache, &Progress::new(ProgressMode::Plain)).await?;
     let previous = plan::explain::load_previous(&ctx.store, &plan.buildfile.path);
     let mut parent = Some(plan.base.image.diff_ids().to_vec());
     let mut first_miss: Option<usize> = None;
@@ -161,12 +224,22 @@ pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
         let row = match &parent {
             Some(p) => {
                 let key = plan.key(step, p);
-                match ctx.store.get_step(&key)? {
-                    Some(rec) => {
+                let local = ctx
+                    .store
+                    .get_step(&key)?
+                    .map(|r| (r.diff_id, "local".to_string()));
+                let found = local.or_else(|| {
+                    caches.iter().find_map(|c| {
+                        c.lookup(&key)
+                            .map(|e| (e.diff_id.clone(), c.reference.to_string()))
+                    })
+                });
+                match found {
+                    Some((diff_id, source)) => {
                         let mut next = p.clone();
-                        next.push(rec.diff_id.clone());
+                        next.push(diff_id);
                         parent = Some(next);
-                        json!({"step": step.number, "location": loc, "instruction": step.text, "key": key.to_string(), "status": "HIT", "source": "local"})
+                        json!({"step": step.number, "location": loc, "instruction": step.text, "key": key.to_string(), "status": "HIT", "source": source})
                     }
                     None => {
                         let inputs = plan.recorded_inputs(step, p);
@@ -236,23 +309,33 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
-    let outputs = a
-        .outputs
+/// Parse `-o` values; a bad one is bad input (exit 2).
+pub fn parse_outputs(items: &[String]) -> anyhow::Result<Vec<crate::export::OutputSpec>> {
+    items
         .iter()
         .map(|o| {
             o.parse::<crate::export::OutputSpec>()
                 .map_err(|e| anyhow::Error::new(Failure::bad_input(format!("-o {o}: {e}"))))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect()
+}
+
+pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
+    let outputs = parse_outputs(&a.outputs)?;
     let tags = a
         .tags
         .iter()
         .map(|t| parse_target(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = a
+        .cache_to
+        .as_deref()
+        .map(|s| parse_registry_ref(s, "--cache-to"))
+        .transpose()?;
     let mut progress = Progress::new(a.progress);
     let plan = make_plan(ctx, &a.bf).await?;
     let client = ctx.client()?;
+    let cache_from = load_caches(&client, &a.cache, &progress).await?;
     let opts = BuildOptions {
         engine: match a.engine {
             EngineArg::Auto => EngineChoice::Auto,
@@ -265,6 +348,7 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
             NetworkArg::Bridge => Network::Bridge,
         },
         no_cache: a.no_cache,
+        cache_from,
     };
     let built = match build::build(&ctx.store, &client, &plan, &opts, &mut progress).await {
         Ok(b) => b,
@@ -273,15 +357,64 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
     let digest = built.image.digest();
     let name = format!("build:{}", buildfile_name(&plan.buildfile.path));
     ctx.store.set_name(&name, &built.image.descriptor())?;
+    for w in built_warnings(&opts) {
+        progress.warn(&w);
+    }
+    let sources = &built.sources;
     for t in &tags {
-        let d = transfer::publish(&ctx.store, &client, &built.image, t, None)
-            .await
-            .with_context(|| format!("publishing to {t}"))?;
+        // Layers the registry holds already (template, cache) are mounted,
+        // not downloaded and uploaded again.
+        if matches!(t, crate::oci::Target::Layout { .. }) {
+            transfer::ensure_from(&ctx.store, &client, sources, built.image.layers()).await?;
+        }
+        let d = transfer::publish(&ctx.store, &client, &built.image, t, &|d| {
+            sources.registry_of(d)
+        })
+        .await
+        .with_context(|| format!("publishing to {t}"))?;
         progress.note("tag", &format!("published {t}@{d}"));
     }
+    if let Some(r) = &cache_to {
+        let final_layers: Vec<_> = built
+            .image
+            .layers()
+            .iter()
+            .map(|l| l.digest.clone())
+            .collect();
+        let chosen: Vec<_> = a
+            .cache_mode
+            .select(&built.records, &final_layers)
+            .into_iter()
+            .cloned()
+            .collect();
+        let from = chosen
+            .iter()
+            .find_map(|rec| sources.registry_of(&rec.layer.digest));
+        let report = crate::cache::push_from(&client, &ctx.store, r, &chosen, from.as_ref())
+            .await
+            .with_context(|| format!("pushing the registry cache to {r}"))?;
+        for w in &report.warnings {
+            progress.warn(w);
+        }
+        progress.note(
+            "cache",
+            &format!(
+                "cache {r}: {} entries ({} new), {} layers uploaded, {} mounted",
+                report.entries_total,
+                report.entries_added,
+                report.blobs_uploaded,
+                report.blobs_mounted
+            ),
+        );
+    }
     if !outputs.is_empty() {
-        transfer::ensure_blobs(&ctx.store, &client, &plan.base.source, built.image.layers())
-            .await?;
+        transfer::ensure_from(&ctx.store, &client, sources, built.image.layers()).await?;
+        // Registry hits whose layers are now here become local hits.
+        for rec in &built.records {
+            if ctx.store.has_blob(&rec.layer.digest) && ctx.store.get_step(&rec.key)?.is_none() {
+                ctx.store.put_step(rec)?;
+            }
+        }
         let store = ctx.store.clone();
         let image = built.image.clone();
         let epoch = plan.epoch;
@@ -311,6 +444,14 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Warnings the registry caches gathered while layers were fetched.
+fn built_warnings(opts: &BuildOptions) -> Vec<String> {
+    opts.cache_from
+        .iter()
+        .flat_map(|c| c.take_fetch_warnings())
+        .collect()
+}
+
 fn buildfile_name(path: &Path) -> String {
     let abs = fs_err::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     abs.parent()
@@ -337,6 +478,7 @@ fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
             message: "build interrupted; nothing was recorded for the unfinished step".into(),
             hint: None,
             code,
+            preformatted: false,
         });
     }
     if let Some(i) = e.downcast_ref::<build::Interrupted>() {
@@ -345,6 +487,7 @@ fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
             message: "build interrupted; nothing was recorded for the unfinished step".into(),
             hint: None,
             code,
+            preformatted: false,
         });
     }
     let _ = exit::FAILURE;

@@ -69,8 +69,78 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         (Target::Registry(s), Target::Registry(d)) if s.registry == d.registry => Some(s.clone()),
         _ => None,
     };
-    // Blobs are fetched into the store first, even when a mount will make
-    // the upload unnecessary: a registry may refuse the mount.
+    if mount_from.is_none() {
+        transfer::ensure_blobs(
+            &ctx.store,
+            &client,
+            &resolved.source,
+            resolved.image.layers(),
+        )
+        .await
+        .with_context(|| format!("reading the layers of {src}"))?;
+    }
+    // Within one registry, blobs are mounted and nothing is downloaded; if
+    // the registry refuses a mount, the blob is fetched and uploaded.
+    let first = transfer::publish(&ctx.store, &client, &resolved.image, &dest, &|_| {
+        mount_from.clone()
+    })
+    .await;
+    let digest = match first {
+        Ok(d) => d,
+        Err(e) if mount_from.is_some() => {
+            tracing::debug!("mount-only copy failed ({e}); copying through the store");
+            transfer::ensure_blobs(
+                &ctx.store,
+                &client,
+                &resolved.source,
+                resolved.image.layers(),
+            )
+            .await
+            .with_context(|| format!("reading the layers of {src}"))?;
+            transfer::publish(&ctx.store, &client, &resolved.image, &dest, &|_| {
+                mount_from.clone()
+            })
+            .await
+            .with_context(|| format!("writing {dest}"))?
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("writing {dest}")));
+        }
+    };
+    eprintln!("copied {} to {dest}", resolved.pinned);
+    println!("{digest}");
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tplbuild export 127.0.0.1:5000/products/gateway:1 -o type=ext4,dest=gateway.ext4,size=1G\n  \
+    tplbuild export oci:./templates:base-1 -o type=tar,dest=base.tar.zst,compression=zstd -o type=dir,dest=rootfs")]
+pub struct ExportArgs {
+    /// Any image: a template, a built product, a Docker-built image.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// type=tar|dir|ext4|erofs|squashfs|oci,dest=PATH[,opt=value] (repeatable).
+    #[arg(
+        long = "output",
+        short = 'o',
+        value_name = "type=T,dest=D",
+        required = true
+    )]
+    pub outputs: Vec<String>,
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+/// Flatten any image to rootfs outputs.
+pub async fn export(ctx: &Context, a: ExportArgs) -> anyhow::Result<()> {
+    let outputs = super::build::parse_outputs(&a.outputs)?;
+    let target = parse_target(&a.reference)?;
+    let platform = parse_platform(a.platform.as_deref())?;
+    let client = ctx.client()?;
+    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
+        .await
+        .with_context(|| format!("reading {target}"))?;
     transfer::ensure_blobs(
         &ctx.store,
         &client,
@@ -78,17 +148,23 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         resolved.image.layers(),
     )
     .await
-    .with_context(|| format!("reading the layers of {src}"))?;
-    let digest = transfer::publish(
-        &ctx.store,
-        &client,
-        &resolved.image,
-        &dest,
-        mount_from.as_ref(),
-    )
-    .await
-    .with_context(|| format!("writing {dest}"))?;
-    eprintln!("copied {} to {dest}", resolved.pinned);
-    println!("{digest}");
+    .with_context(|| format!("pulling the layers of {target}"))?;
+    let epoch = crate::plan::epoch_for(&resolved);
+    let store = ctx.store.clone();
+    let image = resolved.image.clone();
+    let reports = tokio::task::spawn_blocking(move || {
+        crate::export::export_all(&store, &image, &outputs, epoch)
+    })
+    .await?
+    .with_context(|| format!("exporting {target}"))?;
+    for r in reports {
+        eprintln!(
+            "wrote {} {}{} in {:.1}s",
+            r.dest.display(),
+            r.summary,
+            if r.cached { " (cached)" } else { "" },
+            r.seconds
+        );
+    }
     Ok(())
 }

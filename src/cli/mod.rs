@@ -77,6 +77,8 @@ pub enum Command {
     Plan(build::PlanArgs),
     /// Build a Buildfile: run the missing steps, cache them, export the result.
     Build(build::BuildArgs),
+    /// Flatten any image into a tarball, folder or ext4/erofs/squashfs image.
+    Export(copy::ExportArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -140,6 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(a) => copy::copy(&ctx, a).await,
         Command::Plan(a) => build::plan_cmd(&ctx, a).await,
         Command::Build(a) => build::build_cmd(&ctx, a).await,
+        Command::Export(a) => copy::export(&ctx, a).await,
     }
 }
 
@@ -149,6 +152,9 @@ pub struct Failure {
     pub message: String,
     pub hint: Option<String>,
     pub code: u8,
+    /// The message is already a full report (Buildfile diagnostics) and is
+    /// printed as it is.
+    pub preformatted: bool,
 }
 
 impl Failure {
@@ -157,6 +163,7 @@ impl Failure {
             message: message.into(),
             hint: None,
             code: exit::BAD_INPUT,
+            preformatted: false,
         }
     }
     pub fn failed(message: impl Into<String>) -> Self {
@@ -164,6 +171,7 @@ impl Failure {
             message: message.into(),
             hint: None,
             code: exit::FAILURE,
+            preformatted: false,
         }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -184,6 +192,10 @@ impl std::error::Error for Failure {}
 pub fn report(err: &anyhow::Error) -> u8 {
     let mut code = exit::FAILURE;
     let mut hint = None;
+    if let Some(f) = err.downcast_ref::<Failure>().filter(|f| f.preformatted) {
+        eprint!("{}", f.message);
+        return f.code;
+    }
     let mut chain = err.chain();
     if let Some(first) = chain.next() {
         eprintln!("error: {first}");

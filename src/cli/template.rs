@@ -135,7 +135,7 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
         eprintln!("warning: {w}");
     }
     let client = ctx.client()?;
-    let digest = transfer::publish(&ctx.store, &client, &imported.image, &target, None)
+    let digest = transfer::publish(&ctx.store, &client, &imported.image, &target, &|_| None)
         .await
         .with_context(|| format!("writing the template to {target}"))?;
     let info = &imported.info;

@@ -16,9 +16,12 @@ pub(super) fn temp_beside(dest: &Path) -> io::Result<tempfile::TempPath> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Mode as any new file (0666 less the umask), not the private 0600 of
+    // a temp file: the output is the user's file.
     Ok(tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tplbuild-tmp")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(&parent)?
         .into_temp_path())
 }
@@ -31,9 +34,11 @@ pub(super) fn temp_dir_beside(dest: &Path) -> io::Result<tempfile::TempDir> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // A rootfs's top directory is 0755 unless a layer says otherwise.
     tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tplbuild-tmp")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .tempdir_in(&parent)
 }
 

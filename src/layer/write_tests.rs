@@ -555,3 +555,23 @@ fn overlay_dirs_holding_only_excluded_engine_files_are_left_out() {
         ["etc/", "etc/app.conf", "usr/", "usr/bin/", "usr/bin/tool"]
     );
 }
+
+#[test]
+fn nested_upper_directories_holding_only_excluded_paths_go_too_but_not_in_a_full_tree() {
+    let up = tempfile::tempdir().unwrap();
+    let u = up.path();
+    put(u, "a/b/.containerenv", b"x");
+    put(u, "etc/greeting", b"hello");
+    let o = LayerOptions {
+        exclude: vec!["a/b/.containerenv".into()],
+        ..opts()
+    };
+    let mut out = Vec::new();
+    write_overlay_upper(u, &mut out, &o).unwrap();
+    assert_eq!(paths(&entries(&out)), ["etc/", "etc/greeting"]);
+    // In a full tree the directories are content and stay.
+    assert_eq!(
+        paths(&entries(&write(u, &o).0)),
+        ["a/", "a/b/", "etc/", "etc/greeting"]
+    );
+}

@@ -11,6 +11,45 @@ use crate::image::Image;
 use crate::oci::Digest;
 use crate::store::Store;
 
+/// The apt sources a template recorded at import, if it did.
+pub fn sources_in_annotations(image: &Image) -> Option<Vec<AptSource>> {
+    let text = image.annotations().get(crate::image::keys::APT_SOURCES)?;
+    serde_json::from_str(text).ok()
+}
+
+/// Read the apt sources of a rootfs folder.
+pub fn sources_in_dir(root: &std::path::Path) -> Vec<AptSource> {
+    let mut out = vec![];
+    let read = |p: &std::path::Path| -> Option<String> {
+        let meta = fs_err::symlink_metadata(p).ok()?;
+        meta.is_file().then(|| fs_err::read_to_string(p).ok())?
+    };
+    if let Some(t) = read(&root.join("etc/apt/sources.list")) {
+        out.extend(parse_sources_list(&t));
+    }
+    let dir = root.join("etc/apt/sources.list.d");
+    if let Ok(entries) = fs_err::read_dir(&dir) {
+        let mut names: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let name = n.to_string_lossy();
+            if let Some(t) = read(&dir.join(&n)) {
+                if name.ends_with(".list") {
+                    out.extend(parse_sources_list(&t));
+                } else if name.ends_with(".sources") {
+                    out.extend(parse_deb822(&t));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Read the apt sources from an image's layers (all in the store), applying
 /// them in order so a later layer's file replaces an earlier one.
 pub fn sources_in_image(store: &Store, image: &Image) -> std::io::Result<Vec<AptSource>> {

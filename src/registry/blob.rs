@@ -254,27 +254,38 @@ impl Client {
         mount_from: Option<&Reference>,
     ) -> Result<PushOutcome, RegistryError> {
         let context = format!("pushing blob {} to {}", desc.digest, repo.repo_name());
-        let len = tokio::fs::metadata(path)
-            .await
-            .map_err(|source| RegistryError::ReadFile {
-                context: context.clone(),
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
-        if len != desc.size {
-            return Err(RegistryError::FileSize {
-                context,
-                path: path.to_path_buf(),
-                expected: desc.size,
-                actual: len,
-            });
+        // The file may be absent when the blob only needs to be mounted from
+        // another repository (a step layer that a registry cache holds).
+        let local = tokio::fs::metadata(path).await;
+        if let Ok(meta) = &local {
+            if meta.len() != desc.size {
+                return Err(RegistryError::FileSize {
+                    context,
+                    path: path.to_path_buf(),
+                    expected: desc.size,
+                    actual: meta.len(),
+                });
+            }
         }
         if let Some(size) = self.blob_exists_scoped(repo, &desc.digest, true).await? {
             if size == desc.size || size == 0 {
                 return Ok(PushOutcome::Existed);
             }
             tracing::warn!(%context, size, "registry reports a different size for this digest; uploading");
+        }
+        if let Err(source) = local {
+            if let Some(src) = mount_from
+                .filter(|m| m.registry == repo.registry && m.repository != repo.repository)
+            {
+                if self.mount_only(repo, desc, src, &context).await? {
+                    return Ok(PushOutcome::Mounted);
+                }
+            }
+            return Err(RegistryError::ReadFile {
+                context,
+                path: path.to_path_buf(),
+                source,
+            });
         }
         let ep = self.endpoint(&repo.registry)?;
         let mount_from =
@@ -299,6 +310,28 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Ask for a cross-repository mount only; `false` if it was refused.
+    async fn mount_only(
+        &self,
+        repo: &Reference,
+        desc: &Descriptor,
+        from: &Reference,
+        context: &str,
+    ) -> Result<bool, RegistryError> {
+        let ep = self.endpoint(&repo.registry)?;
+        let scopes = vec![
+            scope(&repo.repository, true),
+            scope(&from.repository, false),
+        ];
+        let mut url = Self::url(&ep, &repo.repository, "blobs/uploads/");
+        url.query_pairs_mut()
+            .append_pair("mount", &desc.digest.to_string())
+            .append_pair("from", &from.repository);
+        let req = Request::new(Method::POST, url).header(reqwest::header::CONTENT_LENGTH, "0");
+        let resp = check(self.send(&ep, &scopes, &req, context).await?, context).await?;
+        Ok(resp.status() == StatusCode::CREATED)
     }
 
     async fn upload_once(

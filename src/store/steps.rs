@@ -26,6 +26,11 @@ pub struct StepRecord {
     /// Per-device secrets the step removed, for the build report.
     #[serde(default)]
     pub removed_secrets: Vec<String>,
+    /// The dpkg package list (`name version arch` lines) after the step,
+    /// when the step rewrote dpkg's database, so the final image's list is
+    /// known without reading any layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<String>,
 }
 
 pub const STEP_RECORD_VERSION: u32 = 1;
@@ -116,6 +121,7 @@ mod tests {
             uncompressed_size: 3,
             inputs: BTreeMap::from([("copy".into(), "x".into())]),
             removed_secrets: vec![],
+            packages: None,
         };
         s.put_step(&rec).unwrap();
         assert_eq!(s.get_step(&key).unwrap(), Some(rec));

@@ -174,6 +174,13 @@ pub fn import(
         keys::PACKAGE_COUNT.to_string(),
         info.packages.len().to_string(),
     );
+    let apt_sources = crate::plan::apt::sources_in_dir(root);
+    if !apt_sources.is_empty() {
+        annotations.insert(
+            keys::APT_SOURCES.to_string(),
+            serde_json::to_string(&apt_sources).expect("sources serialise"),
+        );
+    }
     annotations.extend(opts.annotations.clone());
     let layer_desc = Descriptor::new(
         written.media_type.clone(),

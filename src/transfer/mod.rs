@@ -84,6 +84,69 @@ pub async fn resolve(
     }
 }
 
+/// Where each blob of a build's image can be fetched from: the base
+/// image's source, and per-digest registry locations for step layers that
+/// a registry cache holds. Nothing is downloaded until a blob is needed.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub base: BlobSource,
+    layers: std::collections::BTreeMap<Digest, Reference>,
+}
+
+impl Sources {
+    pub fn new(base: BlobSource) -> Self {
+        Sources {
+            base,
+            layers: Default::default(),
+        }
+    }
+
+    /// `digest` can be pulled from (or mounted from) `repo`.
+    pub fn add(&mut self, digest: Digest, repo: Reference) {
+        self.layers.insert(digest, repo);
+    }
+
+    /// The registry repository that holds `digest`, if any is known.
+    pub fn registry_of(&self, digest: &Digest) -> Option<Reference> {
+        self.layers.get(digest).cloned().or(match &self.base {
+            BlobSource::Registry(r) => Some(r.clone()),
+            _ => None,
+        })
+    }
+
+    fn source_of(&self, digest: &Digest) -> BlobSource {
+        match self.layers.get(digest) {
+            Some(r) => BlobSource::Registry(r.clone()),
+            None => self.base.clone(),
+        }
+    }
+}
+
+/// How many blobs are fetched at once.
+pub const PARALLEL_FETCHES: usize = 4;
+
+/// Make sure these blobs are in the store, each fetched from where
+/// `sources` says, several at a time.
+pub async fn ensure_from(
+    store: &Store,
+    client: &Client,
+    sources: &Sources,
+    blobs: &[Descriptor],
+) -> Result<(), TransferError> {
+    use futures_util::stream::{self, TryStreamExt};
+    let mut seen = std::collections::BTreeSet::new();
+    let missing: Vec<&Descriptor> = blobs
+        .iter()
+        .filter(|d| !store.has_blob(&d.digest) && seen.insert(d.digest.clone()))
+        .collect();
+    stream::iter(missing.into_iter().map(Ok))
+        .try_for_each_concurrent(PARALLEL_FETCHES, |desc| async move {
+            let source = sources.source_of(&desc.digest);
+            ensure_blobs(store, client, &source, std::slice::from_ref(desc)).await
+        })
+        .await
+}
+
 /// Make sure these blobs are in the store, fetching from `source` as needed.
 pub async fn ensure_blobs(
     store: &Store,
@@ -116,7 +179,7 @@ pub async fn publish(
     client: &Client,
     image: &Image,
     target: &Target,
-    mount_from: Option<&Reference>,
+    mount_from: &(dyn Fn(&Digest) -> Option<Reference> + Sync),
 ) -> Result<Digest, TransferError> {
     match target {
         Target::Layout { dir, tag, .. } => {

@@ -58,11 +58,12 @@ pub(super) async fn push_image(
     client: &Client,
     image: &Image,
     r: &Reference,
-    mount_from: Option<&Reference>,
+    mount_from: &(dyn Fn(&Digest) -> Option<Reference> + Sync),
 ) -> Result<Digest, TransferError> {
     for layer in image.layers() {
+        let from = mount_from(&layer.digest);
         client
-            .push_blob_file(r, layer, &store.blob_path(&layer.digest), mount_from)
+            .push_blob_file(r, layer, &store.blob_path(&layer.digest), from.as_ref())
             .await?;
     }
     let cfg = &image.manifest.config;

@@ -53,6 +53,7 @@ pub fn small_layer(dir: &Path, files: &[(&str, &[u8])]) -> LoadLayer {
     let path = dir.join(format!("{}.tar.gz", Digest::of(&tar).hex()));
     fs_err::write(&path, gz.finish().unwrap()).unwrap();
     LoadLayer {
+        present: false,
         blob_path: path,
         compression: Compression::Gzip,
         diff_id: Digest::of(&tar),
@@ -106,6 +107,7 @@ pub fn rootfs_layer() -> LoadLayer {
             let mut hasher = <Sha256 as sha2::Digest>::new();
             let size = io::copy(&mut file, &mut HashWriter(&mut hasher)).unwrap();
             LoadLayer {
+                present: false,
                 blob_path: tar_path,
                 compression: Compression::None,
                 diff_id: Digest::from_hasher(hasher),
