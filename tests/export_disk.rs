@@ -13,6 +13,7 @@ mod listing;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -346,10 +347,22 @@ fn a_repeat_export_is_cached_equal_and_a_copy() {
         .write_all(b"scribbled")
         .unwrap();
     let second = export_all(&f.store, &f.image, &specs, EPOCH).unwrap();
+    // Outputs are ordinary files of the user: the mode any new file gets
+    // (0666 less the umask), not a temp file's 0600, cached or not.
+    let reference = f.out.join("reference");
+    fs_err::File::create(&reference).unwrap();
+    let mode = |p: &Path| fs_err::metadata(p).unwrap().permissions().mode() & 0o7777;
     for (r, sum) in second.iter().zip(&sums) {
         assert!(r.cached, "{} was not cached: {}", r.kind, r.summary);
         assert_eq!(&sha256_file(&r.dest), sum, "cached {} differs", r.kind);
+        assert_eq!(
+            mode(&r.dest),
+            mode(&reference),
+            "mode of {}",
+            r.dest.display()
+        );
     }
+
     // Another epoch is another output.
     let third = export_all(&f.store, &f.image, &specs[..1], EPOCH + 1).unwrap();
     assert!(!third[0].cached);
