@@ -25,6 +25,10 @@ pub struct LockArgs {
     /// Re-resolve: every package, or only the ones named.
     #[arg(long, num_args = 0.., value_name = "PKG")]
     pub update: Option<Vec<String>>,
+    /// Only check that FILE.lock still matches the Buildfile's apt steps
+    /// (for CI); resolve nothing, write nothing.
+    #[arg(long, conflicts_with = "update")]
+    pub check: bool,
     /// Which engine runs apt.
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineArg,
@@ -63,6 +67,23 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
         Some(v) => Update::Only(v),
     };
     let plan = make_plan(ctx, &a.bf).await?;
+    if a.check {
+        let Some(lock) = previous else {
+            return Err(
+                Failure::failed(format!("{} does not exist", path.display()))
+                    .with_hint("run `tplbuild lock`")
+                    .into(),
+            );
+        };
+        lock.matches(&plan).map_err(|drift| {
+            anyhow::Error::new(Failure::failed(drift.to_string()).with_hint(
+                "an apt step was added, removed or changed since locking; \
+                 `tplbuild lock` re-resolves only what changed",
+            ))
+        })?;
+        println!("{} matches {}", path.display(), a.bf.file.display());
+        return Ok(());
+    }
     let client = ctx.client()?;
     let engine = match a.engine {
         EngineArg::Auto => EngineChoice::Auto,
