@@ -15,6 +15,7 @@ pub mod engine;
 pub mod export;
 pub mod image;
 pub mod layer;
+pub mod lock;
 pub mod oci;
 pub mod plan;
 pub mod progress;

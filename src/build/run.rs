@@ -31,7 +31,7 @@ pub const ENGINE_PATHS: &[&str] = &[
 ];
 
 pub struct Runner {
-    engine: Engine,
+    pub(crate) engine: Engine,
     network: engine::Network,
     pub containers_created: usize,
     /// Layers (by diff_id) the engine is known to hold, from the states
@@ -69,7 +69,7 @@ impl Runner {
     /// Make the engine hold exactly `image`'s layers under a tag derived
     /// from its digest; load it only if the engine does not have it, and
     /// then send only the layers it does not have yet.
-    async fn ensure_state(
+    pub(crate) async fn ensure_state(
         &mut self,
         store: &Store,
         client: &Client,

@@ -159,7 +159,7 @@ fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
 }
 
 /// Parse the Buildfile and resolve everything a key needs.
-async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
+pub(crate) async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
     let args = parse_build_args(&a.build_args)?;
     let bf = buildfile::parse_file(&a.file, &args).map_err(|diags| {
         let n = diags.0.len();

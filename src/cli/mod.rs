@@ -4,6 +4,7 @@
 
 mod build;
 mod copy;
+mod lock;
 mod template;
 
 pub use template::human_size;
@@ -79,6 +80,10 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Flatten any image into a tarball, folder or ext4/erofs/squashfs image.
     Export(copy::ExportArgs),
+    /// Resolve the apt steps and write FILE.lock with the exact packages.
+    Lock(lock::LockArgs),
+    /// Download the .debs FILE.lock names into the store, verified.
+    Fetch(lock::FetchArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -143,6 +148,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(a) => build::plan_cmd(&ctx, a).await,
         Command::Build(a) => build::build_cmd(&ctx, a).await,
         Command::Export(a) => copy::export(&ctx, a).await,
+        Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
+        Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
     }
 }
 

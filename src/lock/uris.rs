@@ -1,0 +1,341 @@
+//! The text side of resolving: the shell script a lock container runs and
+//! the parsing of what it prints. apt-get's `--print-uris` lines
+//! (`'URL' NAME_VER_ARCH.deb SIZE SHA256:HEX`) give each .deb's archive
+//! path, sha256 and size without downloading it; `@@` marker lines frame
+//! them per step. Kept free of I/O so it is unit-tested in milliseconds;
+//! [`super::resolve`] runs the script.
+
+use std::collections::BTreeMap;
+
+use super::LockedPackage;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UriError {
+    #[error("cannot read apt's --print-uris line {0:?}")]
+    Malformed(String),
+    #[error("apt printed no SHA256 for {0}: the archive's Packages index must carry SHA256 sums")]
+    NoSha256(String),
+    #[error("apt printed a package line before any step marker: {0:?}")]
+    Orphan(String),
+}
+
+/// What one apt step asks of apt inside the lock container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptRequest {
+    /// INSTALL (else REMOVE, which is apt-get purge).
+    pub install: bool,
+    /// Package arguments as apt takes them: `hello`, `hello=2.10-3`.
+    pub args: Vec<String>,
+    pub recommends: bool,
+    /// ENV in effect for the step.
+    pub env: BTreeMap<String, String>,
+    /// Also carry the step out, so the next step resolves on its result.
+    pub apply: bool,
+}
+
+/// Quote for `sh`: everything inside single quotes, `'` as `'\''`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The script for a lock container: update the lists once, print each
+/// list's InRelease digest, then for each step print what it would
+/// download (INSTALL) or purge (REMOVE) and, unless it is the last, do it.
+pub fn script(steps: &[AptRequest]) -> String {
+    let mut s = String::from(
+        "set -e\nexport DEBIAN_FRONTEND=noninteractive\napt-get update -qq\n\
+         for f in /var/lib/apt/lists/*_InRelease; do [ -e \"$f\" ] && echo \"@@inrelease $(sha256sum \"$f\")\"; done\n",
+    );
+    for (i, step) in steps.iter().enumerate() {
+        let args: Vec<String> = step.args.iter().map(|a| sh_quote(a)).collect();
+        let args = args.join(" ");
+        let exports: String = step
+            .env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}; ", sh_quote(v)))
+            .collect();
+        s.push_str(&format!("echo '@@step {i}'\n( {exports}"));
+        if step.install {
+            // apt 2.6 prints the MD5Sum unless told which hash to show.
+            let rec = if step.recommends {
+                ""
+            } else {
+                "--no-install-recommends "
+            };
+            s.push_str(&format!(
+                "apt-get install -y -qq {rec}-o Acquire::ForceHash=SHA256 --print-uris {args}"
+            ));
+            if step.apply {
+                s.push_str(&format!(
+                    " && apt-get install -y -qq {rec}{args} >/dev/null"
+                ));
+            }
+        } else {
+            // apt's simulation names what a purge removes (dependents
+            // included); dpkg-query adds the version and architecture.
+            s.push_str(&format!(
+                "names=$(apt-get -s purge {args} | sed -n 's/^\\(Purg\\|Remv\\) \\([^ ]*\\) .*/\\2/p'); \
+                 if [ -n \"$names\" ]; then dpkg-query -W -f='@@rm ${{binary:Package}} ${{Version}} ${{Architecture}}\\n' $names; fi"
+            ));
+            if step.apply {
+                s.push_str(&format!(" && apt-get purge -y -qq {args} >/dev/null"));
+            }
+        }
+        s.push_str(" )\n");
+    }
+    s
+}
+
+/// Everything the lock container printed that matters.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// apt list file name (`deb.debian.org_debian_dists_bookworm_InRelease`) → hex sha256.
+    pub in_release: BTreeMap<String, String>,
+    /// Step position in the script → its packages, sorted.
+    pub steps: BTreeMap<usize, Vec<LockedPackage>>,
+    /// Lines that were none of ours (apt's warnings), for the user.
+    pub other: Vec<String>,
+}
+
+/// Parse the container's output.
+pub fn parse_output<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Output, UriError> {
+    let mut out = Output::default();
+    let mut current: Option<usize> = None;
+    for line in lines {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("@@step ") {
+            let n = rest
+                .trim()
+                .parse()
+                .map_err(|_| UriError::Malformed(line.to_string()))?;
+            out.steps.entry(n).or_default();
+            current = Some(n);
+        } else if let Some(rest) = line.strip_prefix("@@inrelease ") {
+            let mut words = rest.split_whitespace();
+            if let (Some(hex), Some(path)) = (words.next(), words.next()) {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                out.in_release.insert(name.to_string(), hex.to_string());
+            }
+        } else if let Some(rest) = line.strip_prefix("@@rm ") {
+            let pkg = parse_removed(rest).ok_or_else(|| UriError::Malformed(line.to_string()))?;
+            let n = current.ok_or_else(|| UriError::Orphan(line.to_string()))?;
+            out.steps.entry(n).or_default().push(pkg);
+        } else if line.starts_with('\'') {
+            let pkg = parse_print_uri(line)?;
+            let n = current.ok_or_else(|| UriError::Orphan(line.to_string()))?;
+            out.steps.entry(n).or_default().push(pkg);
+        } else if !line.is_empty() {
+            out.other.push(line.to_string());
+        }
+    }
+    for pkgs in out.steps.values_mut() {
+        pkgs.sort();
+        pkgs.dedup();
+    }
+    Ok(out)
+}
+
+/// `NAME[:ARCH] VERSION ARCH` from dpkg-query.
+fn parse_removed(s: &str) -> Option<LockedPackage> {
+    let mut w = s.split_whitespace();
+    let (name, version, arch) = (w.next()?, w.next()?, w.next()?);
+    Some(LockedPackage {
+        name: name.split(':').next().unwrap_or(name).to_string(),
+        version: version.to_string(),
+        architecture: arch.to_string(),
+        filename: String::new(),
+        sha256: String::new(),
+        size: 0,
+        uri: String::new(),
+    })
+}
+
+/// One `--print-uris` line:
+/// `'http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb' hello_2.10-3_amd64.deb 53212 SHA256:…`.
+/// The URL is percent-encoded (`+` as `%2b`), and so is the epoch's `:`
+/// in the second field (`1%3a9.2p1-2`).
+pub fn parse_print_uri(line: &str) -> Result<LockedPackage, UriError> {
+    let bad = || UriError::Malformed(line.to_string());
+    let rest = line.strip_prefix('\'').ok_or_else(bad)?;
+    let (url, rest) = rest.split_once('\'').ok_or_else(bad)?;
+    let mut words = rest.split_whitespace();
+    let (file, size, hash) = (
+        words.next().ok_or_else(bad)?,
+        words.next().ok_or_else(bad)?,
+        words.next().unwrap_or(""),
+    );
+    let size: u64 = size.parse().map_err(|_| bad())?;
+    let file = percent_decode(file);
+    let stem = file.strip_suffix(".deb").ok_or_else(bad)?;
+    let mut parts = stem.splitn(3, '_');
+    let (name, version, arch) = (
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
+    let sha256 = hash
+        .strip_prefix("SHA256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| UriError::NoSha256(file.clone()))?
+        .to_ascii_lowercase();
+    // Debian's layout puts every .deb under `pool/`; the part before it
+    // is the archive base, as in sources.list.
+    let url = percent_decode(url);
+    let (uri, filename) = match url.find("/pool/") {
+        Some(i) => (url[..i].to_string(), url[i + 1..].to_string()),
+        None => {
+            let i = url.rfind('/').ok_or_else(bad)?;
+            (url[..i].to_string(), url[i + 1..].to_string())
+        }
+    };
+    Ok(LockedPackage {
+        name: name.to_string(),
+        version: version.to_string(),
+        architecture: arch.to_string(),
+        filename,
+        sha256,
+        size,
+        uri,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The name apt gives a suite's InRelease under /var/lib/apt/lists
+/// (apt's `URItoFileName`: scheme and credentials dropped, `/` → `_`).
+pub fn list_file_name(uri: &str, suite: &str) -> String {
+    let no_scheme = uri.split_once("://").map(|(_, r)| r).unwrap_or(uri);
+    let no_user = no_scheme
+        .rsplit_once('@')
+        .map(|(_, r)| r)
+        .unwrap_or(no_scheme);
+    let full = format!(
+        "{}/dists/{}/InRelease",
+        no_user.trim_end_matches('/'),
+        suite
+    );
+    full.replace('/', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = "'http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb' hello_2.10-3_amd64.deb 53212 SHA256:ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34";
+
+    #[test]
+    fn print_uri_line_gives_name_version_arch_path_hash_and_size() {
+        let p = parse_print_uri(HELLO).unwrap();
+        assert_eq!(p.name, "hello");
+        assert_eq!(p.version, "2.10-3");
+        assert_eq!(p.architecture, "amd64");
+        assert_eq!(p.uri, "http://deb.debian.org/debian");
+        assert_eq!(p.filename, "pool/main/h/hello/hello_2.10-3_amd64.deb");
+        assert_eq!(p.size, 53212);
+        assert_eq!(p.sha256, "ab12cd34".repeat(8));
+        assert_eq!(
+            p.url(),
+            "http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+        );
+    }
+
+    #[test]
+    fn epoch_colon_and_plus_are_decoded() {
+        let line = "'http://deb.debian.org/debian-security/pool/updates/main/o/openssh/openssh-server_9.2p1-2%2bdeb12u3_amd64.deb' openssh-server_1%3a9.2p1-2+deb12u3_amd64.deb 456 SHA256:ABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCD";
+        let p = parse_print_uri(line).unwrap();
+        assert_eq!(p.version, "1:9.2p1-2+deb12u3");
+        assert_eq!(p.uri, "http://deb.debian.org/debian-security");
+        assert_eq!(
+            p.filename,
+            "pool/updates/main/o/openssh/openssh-server_9.2p1-2+deb12u3_amd64.deb"
+        );
+        assert_eq!(p.sha256, "abcdef".repeat(10) + "abcd");
+    }
+
+    #[test]
+    fn md5_only_line_is_refused() {
+        let line =
+            "'http://x/debian/pool/main/h/hello/hello_1_amd64.deb' hello_1_amd64.deb 1 MD5Sum:0123";
+        assert_eq!(
+            parse_print_uri(line),
+            Err(UriError::NoSha256("hello_1_amd64.deb".into()))
+        );
+    }
+
+    #[test]
+    fn truncated_line_is_malformed() {
+        assert!(matches!(
+            parse_print_uri("'http://x/pool/a.deb'"),
+            Err(UriError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn output_is_split_by_step_markers_and_sorted() {
+        let text = format!(
+            "W: some apt warning\n@@inrelease {h}  /var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease\n@@step 0\n{z}\n{HELLO}\n@@step 1\n@@rm libfoo:amd64 1.0-1 amd64\n",
+            h = "0".repeat(64),
+            z = HELLO.replace("hello", "zlib")
+        );
+        let out = parse_output(text.lines()).unwrap();
+        assert_eq!(out.other, vec!["W: some apt warning"]);
+        assert_eq!(
+            out.in_release["deb.debian.org_debian_dists_bookworm_InRelease"],
+            "0".repeat(64)
+        );
+        let names: Vec<_> = out.steps[&0].iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["hello", "zlib"]);
+        let rm = &out.steps[&1][0];
+        assert_eq!((rm.name.as_str(), rm.version.as_str()), ("libfoo", "1.0-1"));
+        assert!(rm.sha256.is_empty());
+    }
+
+    #[test]
+    fn package_line_before_a_step_is_an_error() {
+        assert!(matches!(parse_output([HELLO]), Err(UriError::Orphan(_))));
+    }
+
+    #[test]
+    fn list_file_name_follows_apt() {
+        assert_eq!(
+            list_file_name("http://deb.debian.org/debian/", "bookworm"),
+            "deb.debian.org_debian_dists_bookworm_InRelease"
+        );
+        assert_eq!(
+            list_file_name("http://deb.debian.org/debian-security", "bookworm-security"),
+            "deb.debian.org_debian-security_dists_bookworm-security_InRelease"
+        );
+    }
+
+    #[test]
+    fn script_quotes_packages_and_applies_all_but_the_last_step() {
+        let req = |install, apply| AptRequest {
+            install,
+            args: vec!["hello=2.10-3".into(), "it's".into()],
+            recommends: false,
+            env: BTreeMap::new(),
+            apply,
+        };
+        let s = script(&[req(true, true), req(false, false)]);
+        assert!(s.contains("--print-uris 'hello=2.10-3' 'it'\\''s'"), "{s}");
+        assert!(s.contains("&& apt-get install -y -qq --no-install-recommends 'hello"));
+        assert!(s.contains("apt-get -s purge"));
+        assert!(!s.contains("&& apt-get purge"));
+    }
+}
