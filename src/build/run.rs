@@ -180,11 +180,18 @@ impl Runner {
         if step.kind.uses_apt() {
             env.push("DEBIAN_FRONTEND=noninteractive".into());
         }
+        // A locked apt step installs exactly the verified .debs from the
+        // store, with no network at all.
+        let locked = plan.locked_step(step);
+        let (script, network) = match locked {
+            Some(l) => (Some(locked_script(&step.kind, l)), engine::Network::None),
+            None => (step.kind.script(), self.network),
+        };
         let spec = ContainerSpec {
             image: tag,
             env,
-            script: step.kind.script(),
-            network: self.network,
+            script,
+            network,
         };
         let container = self
             .engine
@@ -251,6 +258,9 @@ impl Runner {
                     .await?;
             }
             _ => {
+                if let Some(l) = plan.locked_step(step) {
+                    self.upload_debs(store, container, l).await?;
+                }
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
                 let engine = self.engine.clone();
                 let c = container.clone();
@@ -320,6 +330,86 @@ impl Runner {
         );
         store.put_step(&rec)?;
         Ok(rec)
+    }
+}
+
+/// Where a locked step's .debs are put in its container (tmp/ is dropped
+/// from layers as volatile).
+const DEB_DIR: &str = "tmp/tplbuild-debs";
+
+/// The script of a locked apt step: install the given .debs (apt orders and
+/// checks them, with no package lists and no network), mark what the
+/// Buildfile did not ask for as automatically installed, as apt would have.
+fn locked_script(kind: &StepKind, locked: &crate::lock::LockedStep) -> String {
+    use crate::lock::LockedPackage;
+    match kind {
+        StepKind::Install { packages, .. } => {
+            let asked: std::collections::BTreeSet<&str> = packages
+                .iter()
+                .map(|p| p.split('=').next().unwrap_or(p))
+                .collect();
+            let auto: Vec<&str> = locked
+                .packages
+                .iter()
+                .map(|p: &LockedPackage| p.name.as_str())
+                .filter(|n| !asked.contains(n))
+                .collect();
+            let mut s = format!(
+                "set -e; apt-get install -y --no-install-recommends /{DEB_DIR}/*.deb; rm -rf /{DEB_DIR}"
+            );
+            if !auto.is_empty() {
+                s.push_str(&format!("; apt-mark auto {} >/dev/null", auto.join(" ")));
+            }
+            s
+        }
+        other => other.script().unwrap_or_default(),
+    }
+}
+
+impl Runner {
+    /// Put a locked step's .debs into its container through the archive API.
+    async fn upload_debs(
+        &self,
+        store: &Store,
+        container: &Container,
+        locked: &crate::lock::LockedStep,
+    ) -> anyhow::Result<()> {
+        let debs = crate::lock::deb_paths(store, locked);
+        let wanted = locked
+            .packages
+            .iter()
+            .filter(|p| !p.sha256.is_empty())
+            .count();
+        if debs.len() != wanted {
+            anyhow::bail!(
+                "{} of the step's {wanted} locked .debs are not in the store; run `tplbuild fetch`",
+                wanted - debs.len()
+            );
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
+        {
+            let mut tar = tar::Builder::new(&mut tmp);
+            let mut dir = tar::Header::new_gnu();
+            dir.set_entry_type(tar::EntryType::Directory);
+            dir.set_mode(0o755);
+            dir.set_size(0);
+            tar.append_data(&mut dir, format!("{DEB_DIR}/"), std::io::empty())?;
+            for (path, name) in &debs {
+                let mut f = fs_err::File::open(path)?;
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(f.metadata()?.len());
+                tar.append_data(&mut h, format!("{DEB_DIR}/{name}"), &mut f)?;
+            }
+            tar.finish()?;
+        }
+        tmp.flush()?;
+        let file = tokio::fs::File::open(tmp.path()).await?;
+        self.engine
+            .upload(container, "/", tokio_util::io::ReaderStream::new(file))
+            .await?;
+        Ok(())
     }
 }
 

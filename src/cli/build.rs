@@ -85,6 +85,9 @@ pub struct BuildArgs {
     /// Run every step even if it was built before.
     #[arg(long)]
     pub no_cache: bool,
+    /// Never download: the locked .debs must be in the store (`tplbuild fetch`).
+    #[arg(long)]
+    pub offline: bool,
     /// Also push or write the result here (repeatable): HOST/REPO:TAG or oci:DIR[:TAG].
     #[arg(long = "tag", short = 't', value_name = "REF")]
     pub tags: Vec<String>,
@@ -158,8 +161,40 @@ fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
         .collect()
 }
 
+/// The plan `build` and `plan` use: with `FILE.lock` next to the Buildfile,
+/// the apt steps follow it (no archive is asked anything), and a lockfile
+/// that no longer matches the Buildfile is an error.
+pub(crate) async fn make_locked_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
+    let lock_path = crate::lock::Lockfile::path_for(&a.file);
+    if !lock_path.exists() {
+        return make_plan_with(ctx, a, true).await;
+    }
+    let lock = crate::lock::Lockfile::load(&lock_path).map_err(|e| {
+        anyhow::Error::new(e).context(Failure::bad_input(format!(
+            "reading {}",
+            lock_path.display()
+        )))
+    })?;
+    let plan = make_plan_with(ctx, a, false).await?;
+    lock.matches(&plan).map_err(|drift| {
+        anyhow::Error::new(
+            Failure::bad_input(format!("{} is out of date: {drift}", lock_path.display()))
+                .with_hint(format!("run `tplbuild lock -f {}`", a.file.display())),
+        )
+    })?;
+    Ok(plan.with_lock(lock))
+}
+
 /// Parse the Buildfile and resolve everything a key needs.
 pub(crate) async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
+    make_plan_with(ctx, a, true).await
+}
+
+async fn make_plan_with(
+    ctx: &Context,
+    a: &BuildfileArgs,
+    ask_archive: bool,
+) -> anyhow::Result<Plan> {
     let args = parse_build_args(&a.build_args)?;
     let bf = buildfile::parse_file(&a.file, &args).map_err(|diags| {
         let n = diags.0.len();
@@ -190,7 +225,7 @@ pub(crate) async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Resul
             buildfile::InstructionKind::Install { .. } | buildfile::InstructionKind::Remove { .. }
         )
     });
-    let apt_state = if needs_apt {
+    let apt_state = if needs_apt && ask_archive {
         // A template made by tplbuild names its apt sources; others are read
         // from their layers (which then must be fetched).
         let sources = match apt::sources_in_annotations(&base.image) {
@@ -212,7 +247,7 @@ pub(crate) async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Resul
 }
 
 pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
-    let plan = make_plan(ctx, &a.bf).await?;
+    let plan = make_locked_plan(ctx, &a.bf).await?;
     let client = ctx.client()?;
     let caches = load_caches(&client, &a.cache, &Progress::new(ProgressMode::Plain)).await?;
     let previous = plan::explain::load_previous(&ctx.store, &plan.buildfile.path);
@@ -333,7 +368,36 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
         .map(|s| parse_registry_ref(s, "--cache-to"))
         .transpose()?;
     let mut progress = Progress::new(a.progress);
-    let plan = make_plan(ctx, &a.bf).await?;
+    let plan = make_locked_plan(ctx, &a.bf).await?;
+    if let Some(lock) = &plan.locked {
+        // A stored .deb that no longer matches its digest is dropped and
+        // fetched again (or, offline, reported missing).
+        for p in lock.debs() {
+            if let Some(Ok(d)) = p.digest() {
+                if let Err(crate::store::StoreError::Corrupt { .. }) = ctx.store.verify_blob(&d) {
+                    progress.warn(&format!(
+                        "the stored {} {} was corrupt and is fetched again",
+                        p.name, p.version
+                    ));
+                }
+            }
+        }
+        // Every locked .deb, verified, before any step runs.
+        let report = crate::lock::fetch::fetch(&ctx.store, lock, a.offline, |p| {
+            progress.note("fetch", &format!("fetching {} {}", p.name, p.version))
+        })
+        .await
+        .map_err(|e| {
+            let hint = if a.offline {
+                "run `tplbuild fetch` while online, or build from a bundle"
+            } else {
+                "check the template's apt sources, or point them at snapshot.debian.org"
+            };
+            anyhow::Error::new(e)
+                .context(Failure::failed("fetching the locked .debs").with_hint(hint))
+        })?;
+        let _ = report;
+    }
     let client = ctx.client()?;
     let cache_from = load_caches(&client, &a.cache, &progress).await?;
     let opts = BuildOptions {

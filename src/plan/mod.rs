@@ -100,9 +100,43 @@ pub struct Plan {
     pub final_env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub keep: Vec<String>,
+    /// The lockfile the apt steps follow, when the Buildfile has one.
+    pub locked: Option<crate::lock::Lockfile>,
 }
 
 impl Plan {
+    /// Follow a lockfile: each apt step's key covers its locked package set
+    /// (names, versions, .deb digests) instead of the archive's state, and
+    /// the build installs exactly those .debs.
+    pub fn with_lock(mut self, lock: crate::lock::Lockfile) -> Self {
+        let mut apt_index = 0;
+        for step in self.steps.iter_mut().filter(|s| s.kind.uses_apt()) {
+            step.inputs.retain(|k, _| !k.starts_with("apt:"));
+            if let Some(l) = lock.for_step(apt_index) {
+                for p in &l.packages {
+                    step.inputs.insert(
+                        format!("lock:{}:{}", p.name, p.architecture),
+                        format!("{} {}", p.version, p.sha256),
+                    );
+                }
+            }
+            apt_index += 1;
+        }
+        self.locked = Some(lock);
+        self
+    }
+
+    /// The locked step for the plan step `step`, if the plan is locked.
+    pub fn locked_step(&self, step: &Step) -> Option<&crate::lock::LockedStep> {
+        let lock = self.locked.as_ref()?;
+        let index = self
+            .steps
+            .iter()
+            .filter(|s| s.kind.uses_apt())
+            .position(|s| s.number == step.number)?;
+        lock.for_step(index)
+    }
+
     /// The key of `step` on top of `parent` (the diff_ids below it).
     pub fn key(&self, step: &Step, parent: &[Digest]) -> Digest {
         let platform = self.platform.to_string();
@@ -265,6 +299,7 @@ pub fn make(
         final_env: env,
         labels,
         keep,
+        locked: None,
     })
 }
 
