@@ -109,8 +109,8 @@ impl Plan {
     /// (names, versions, .deb digests) instead of the archive's state, and
     /// the build installs exactly those .debs.
     pub fn with_lock(mut self, lock: crate::lock::Lockfile) -> Self {
-        let mut apt_index = 0;
-        for step in self.steps.iter_mut().filter(|s| s.kind.uses_apt()) {
+        let apt_steps = self.steps.iter_mut().filter(|s| s.kind.uses_apt());
+        for (apt_index, step) in apt_steps.enumerate() {
             step.inputs.retain(|k, _| !k.starts_with("apt:"));
             if let Some(l) = lock.for_step(apt_index) {
                 for p in &l.packages {
@@ -120,7 +120,6 @@ impl Plan {
                     );
                 }
             }
-            apt_index += 1;
         }
         self.locked = Some(lock);
         self
