@@ -441,3 +441,20 @@ fn a_copy_source_that_vanished_after_planning_is_a_clear_error() {
     assert!(err.contains("Buildfile:3"), "{err}");
     assert!(err.contains("data.txt"), "{err}");
 }
+
+#[test]
+fn sigterm_during_a_step_exits_143_and_leaves_no_container() {
+    if !testbed("SIGTERM") {
+        return;
+    }
+    template();
+    let env = Env::new();
+    let f = buildfile(&env, "term", "RUN sleep 60\n", &[]);
+    let mut child = spawn_build(&env, &f);
+    let pid = child.id();
+    wait_for_container(pid);
+    sh_ok(&format!("kill -TERM {pid}"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(containers_of(pid), 0, "the step container was left behind");
+}
