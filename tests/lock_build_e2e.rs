@@ -163,3 +163,59 @@ fn a_buildfile_changed_after_locking_is_an_error_with_the_fix() {
     assert!(err.contains("tplbuild lock"), "{err}");
     assert!(err.contains("Buildfile:2"), "{err}");
 }
+
+#[test]
+fn an_air_gapped_machine_builds_from_a_bundle_offline() {
+    if !testbed("bundle") {
+        return;
+    }
+    template();
+    let online = Env::new();
+    let dir = online.path("bf");
+    fs_err::create_dir_all(&dir).unwrap();
+    let f = dir.join("Buildfile");
+    fs_err::write(&f, format!("FROM {TEMPLATE}\n{BODY}")).unwrap();
+    let f = f.display().to_string();
+    online.ok(&["lock", "-f", &f]);
+    let built = online.ok(&["build", "-f", &f, "--engine", "docker"]);
+    let bundle = online.path("bundle");
+    online.ok(&["bundle", "-f", &f, bundle.to_str().unwrap()]);
+
+    // The other machine: only the bundle, and no registry may be asked (it
+    // is not even named insecure, so any request would fail).
+    let offline = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tplbuild"))
+            .arg("--home")
+            .arg(&bundle)
+            .env("TPLBUILD_CONFIG_DIR", online.path("no-config"))
+            .args(args)
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let out = offline(&["build", "-f", &f, "--offline", "--engine", "docker"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), built.trim());
+    // A new step runs from the bundle's layers, with no network.
+    let text = fs_err::read_to_string(&f).unwrap() + "RUN echo airgap > /airgap\n";
+    fs_err::write(&f, text).unwrap();
+    let tar = online.path("airgap.tar");
+    let out = offline(&[
+        "build",
+        "-f",
+        &f,
+        "--offline",
+        "--engine",
+        "docker",
+        "--network",
+        "none",
+        "-o",
+        &format!("type=tar,dest={}", tar.display()),
+    ]);
+    assert!(out.status.success());
+    let listing = sh_ok(&format!("tar -tf {}", tar.display()));
+    assert!(listing
+        .lines()
+        .any(|l| l.trim_start_matches("./") == "airgap"));
+}

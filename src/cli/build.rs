@@ -161,13 +161,17 @@ fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
         .collect()
 }
 
-/// The plan `build` and `plan` use: with `FILE.lock` next to the Buildfile,
+/// The plan `build`, `plan` and `bundle` use: with `FILE.lock` next to the Buildfile,
 /// the apt steps follow it (no archive is asked anything), and a lockfile
 /// that no longer matches the Buildfile is an error.
-pub(crate) async fn make_locked_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
+pub(crate) async fn make_locked_plan(
+    ctx: &Context,
+    a: &BuildfileArgs,
+    offline: bool,
+) -> anyhow::Result<Plan> {
     let lock_path = crate::lock::Lockfile::path_for(&a.file);
     if !lock_path.exists() {
-        return make_plan_with(ctx, a, true).await;
+        return make_plan_with(ctx, a, !offline, offline).await;
     }
     let lock = crate::lock::Lockfile::load(&lock_path).map_err(|e| {
         anyhow::Error::new(e).context(Failure::bad_input(format!(
@@ -175,7 +179,7 @@ pub(crate) async fn make_locked_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow
             lock_path.display()
         )))
     })?;
-    let plan = make_plan_with(ctx, a, false).await?;
+    let plan = make_plan_with(ctx, a, false, offline).await?;
     lock.matches(&plan).map_err(|drift| {
         anyhow::Error::new(
             Failure::bad_input(format!("{} is out of date: {drift}", lock_path.display()))
@@ -187,13 +191,14 @@ pub(crate) async fn make_locked_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow
 
 /// Parse the Buildfile and resolve everything a key needs.
 pub(crate) async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
-    make_plan_with(ctx, a, true).await
+    make_plan_with(ctx, a, true, false).await
 }
 
 async fn make_plan_with(
     ctx: &Context,
     a: &BuildfileArgs,
     ask_archive: bool,
+    offline: bool,
 ) -> anyhow::Result<Plan> {
     let args = parse_build_args(&a.build_args)?;
     let bf = buildfile::parse_file(&a.file, &args).map_err(|diags| {
@@ -209,16 +214,21 @@ async fn make_plan_with(
     let platform = parse_platform(a.platform.as_deref())?;
     let target = parse_target(&bf.from.reference)?;
     let client = ctx.client()?;
-    let base = transfer::resolve(&ctx.store, &client, &target, &platform)
-        .await
-        .map_err(|e| {
-            anyhow::Error::new(e).context(Failure::failed(format!(
-                "{}:{}: FROM {}",
-                a.file.display(),
-                bf.from.span.line,
-                bf.from.reference
-            )))
-        })?;
+    let resolved = if offline {
+        transfer::resolve_offline(&ctx.store, &client, &target, &platform).await
+    } else {
+        transfer::resolve(&ctx.store, &client, &target, &platform)
+            .await
+            .map_err(anyhow::Error::new)
+    };
+    let base = resolved.map_err(|e| {
+        e.context(Failure::failed(format!(
+            "{}:{}: FROM {}",
+            a.file.display(),
+            bf.from.span.line,
+            bf.from.reference
+        )))
+    })?;
     let needs_apt = bf.instructions.iter().any(|i| {
         matches!(
             i.kind,
@@ -247,7 +257,7 @@ async fn make_plan_with(
 }
 
 pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
-    let plan = make_locked_plan(ctx, &a.bf).await?;
+    let plan = make_locked_plan(ctx, &a.bf, false).await?;
     let client = ctx.client()?;
     let caches = load_caches(&client, &a.cache, &Progress::new(ProgressMode::Plain)).await?;
     let previous = plan::explain::load_previous(&ctx.store, &plan.buildfile.path);
@@ -368,7 +378,19 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
         .map(|s| parse_registry_ref(s, "--cache-to"))
         .transpose()?;
     let mut progress = Progress::new(a.progress);
-    let plan = make_locked_plan(ctx, &a.bf).await?;
+    let plan = make_locked_plan(ctx, &a.bf, a.offline).await?;
+    if a.offline {
+        if plan.locked.is_none() && plan.steps.iter().any(|s| s.kind.uses_apt()) {
+            return Err(Failure::bad_input(
+                "--offline: the apt steps need the archive, and there is no lockfile",
+            )
+            .with_hint("run `tplbuild lock` and `tplbuild fetch` while online, or make a bundle")
+            .into());
+        }
+        if !a.cache.cache_from.is_empty() || a.cache_to.is_some() {
+            return Err(Failure::bad_input("--offline cannot use a registry cache").into());
+        }
+    }
     if let Some(lock) = &plan.locked {
         // A stored .deb that no longer matches its digest is dropped and
         // fetched again (or, offline, reported missing).

@@ -3,6 +3,7 @@
 //! prints them and picks the exit code.
 
 mod build;
+mod bundle;
 mod copy;
 mod lock;
 mod template;
@@ -80,6 +81,9 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Flatten any image into a tarball, folder or ext4/erofs/squashfs image.
     Export(copy::ExportArgs),
+    /// Write the template, step cache and locked .debs of a Buildfile into
+    /// one folder an air-gapped machine builds from with --offline.
+    Bundle(bundle::BundleArgs),
     /// Resolve the apt steps and write FILE.lock with the exact packages.
     Lock(lock::LockArgs),
     /// Download the .debs FILE.lock names into the store, verified.
@@ -148,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(a) => build::plan_cmd(&ctx, a).await,
         Command::Build(a) => build::build_cmd(&ctx, a).await,
         Command::Export(a) => copy::export(&ctx, a).await,
+        Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
         Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
         Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
     }

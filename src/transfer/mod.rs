@@ -80,7 +80,50 @@ pub async fn resolve(
                 pinned,
             })
         }
-        Target::Registry(r) => remote::resolve(store, client, r, platform).await,
+        Target::Registry(r) => {
+            let resolved = remote::resolve(store, client, r, platform).await?;
+            // Remembered so an offline build (or a bundle) can resolve the
+            // same reference without the registry.
+            store.set_name(&resolved_name(r, platform), &resolved.image.descriptor())?;
+            Ok(resolved)
+        }
+    }
+}
+
+/// The store name under which a registry reference's last resolution is kept.
+pub fn resolved_name(r: &Reference, platform: &crate::oci::Platform) -> String {
+    format!("resolved:{platform}:{r}")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{reference} was never resolved on this machine (or in this bundle), and --offline forbids asking the registry")]
+pub struct NotResolvedOffline {
+    pub reference: String,
+}
+
+/// Resolve without any network: a registry reference by what the store
+/// remembers of it, a layout as usual.
+pub async fn resolve_offline(
+    store: &Store,
+    client: &Client,
+    target: &Target,
+    platform: &crate::oci::Platform,
+) -> anyhow::Result<Resolved> {
+    match target {
+        Target::Layout { .. } => Ok(resolve(store, client, target, platform).await?),
+        Target::Registry(r) => {
+            let desc = store
+                .lookup_name(&resolved_name(r, platform))?
+                .ok_or_else(|| NotResolvedOffline {
+                    reference: r.to_string(),
+                })?;
+            let image = load_image(store, &desc.digest)?;
+            Ok(Resolved {
+                pinned: r.with_digest(image.digest()).to_string(),
+                image,
+                source: BlobSource::Store,
+            })
+        }
     }
 }
 

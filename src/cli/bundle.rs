@@ -1,0 +1,126 @@
+//! `tplbuild bundle`: everything a Buildfile needs, in one folder that an
+//! air-gapped machine builds from with `--offline`.
+//!
+//! The bundle is a tplbuild home: `OUT/store-v1` is an OCI image layout
+//! holding the template (and the name its FROM resolved to), the layers and
+//! records of every step already built, and the locked .debs. On the other
+//! machine: `tplbuild --home OUT build -f FILE --offline`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::build::{make_locked_plan, BuildfileArgs};
+use super::{human_size, Context};
+use crate::oci::Descriptor;
+use crate::store::Store;
+use crate::transfer;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example (online, after building once):\n  \
+    tplbuild bundle -f buildfiles/gateway/Buildfile gateway-bundle --insecure-registry 127.0.0.1:5000\n\
+    then on the air-gapped machine:\n  \
+    tplbuild --home gateway-bundle build -f buildfiles/gateway/Buildfile --offline -o type=ext4,dest=gw.ext4")]
+pub struct BundleArgs {
+    #[command(flatten)]
+    pub bf: BuildfileArgs,
+    /// The folder to write (a tplbuild home whose store is an OCI layout).
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+}
+
+pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
+    let plan = make_locked_plan(ctx, &a.bf, false).await?;
+    let client = ctx.client()?;
+    let store = &ctx.store;
+    let base = &plan.base;
+    transfer::ensure_blobs(store, &client, &base.source, base.image.layers())
+        .await
+        .context("fetching the template's layers")?;
+    let mut debs = vec![];
+    if let Some(lock) = &plan.locked {
+        crate::lock::fetch::fetch(store, lock, false, |p| {
+            eprintln!("fetching {} {}", p.name, p.version)
+        })
+        .await
+        .context("fetching the locked .debs")?;
+        for p in lock.debs() {
+            if let Some(Ok(d)) = p.digest() {
+                debs.push(d);
+            }
+        }
+    }
+    // The steps built so far, in order: a step's key needs its parent's
+    // layers, so the chain stops at the first step never built here.
+    let mut parent = base.image.diff_ids().to_vec();
+    let mut records = vec![];
+    for step in &plan.steps {
+        match store.get_step(&plan.key(step, &parent))? {
+            Some(rec) => {
+                parent.push(rec.diff_id.clone());
+                records.push(rec);
+            }
+            None => {
+                eprintln!(
+                    "warning: step {} (`{}`) was never built here; the bundle holds the steps before it \
+                     (build once before bundling to include every step)",
+                    step.number, step.text
+                );
+                break;
+            }
+        }
+    }
+
+    let out = Store::open(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut blobs: Vec<crate::oci::Digest> = vec![
+        base.image.digest(),
+        base.image.manifest.config.digest.clone(),
+    ];
+    blobs.extend(base.image.layers().iter().map(|l| l.digest.clone()));
+    blobs.extend(records.iter().map(|r| r.layer.digest.clone()));
+    blobs.extend(debs.iter().cloned());
+    let mut bytes = 0;
+    for d in &blobs {
+        if out.has_blob(d) {
+            continue;
+        }
+        let mut r = store.open_blob(d)?;
+        let mut w = out.blob_writer()?;
+        std::io::copy(&mut r, &mut w).with_context(|| format!("copying blob {d}"))?;
+        bytes += w.written();
+        w.commit(Some((d, store.blob_size(d).unwrap_or(0))))?;
+    }
+    for (desc, diff_id) in base.image.layers().iter().zip(base.image.diff_ids()) {
+        let size = crate::build::run::uncompressed_size(store, desc, diff_id)?;
+        crate::build::run::remember_uncompressed_size(&out, diff_id, size);
+    }
+    for rec in &records {
+        out.put_step(rec)?;
+        crate::build::run::remember_uncompressed_size(&out, &rec.diff_id, rec.uncompressed_size);
+    }
+    // FROM resolves offline by this name; the layout shows the template too.
+    if let crate::oci::Target::Registry(r) =
+        crate::oci::Target::parse(&plan.buildfile.from.reference)?
+    {
+        out.set_name(
+            &transfer::resolved_name(&r, &plan.platform),
+            &base.image.descriptor(),
+        )?;
+    }
+    let desc: Descriptor = base.image.descriptor();
+    out.set_name("template", &desc)?;
+    eprintln!(
+        "bundle {}: the template, {} step layer(s), {} .deb(s), {}",
+        a.out.display(),
+        records.len(),
+        debs.len(),
+        human_size(bytes)
+    );
+    eprintln!(
+        "build from it with: tplbuild --home {} build -f {} --offline",
+        a.out.display(),
+        a.bf.file.display()
+    );
+    Ok(())
+}
