@@ -5,9 +5,11 @@
 use clap::Args;
 
 use super::build::{make_plan, BuildfileArgs, EngineArg};
+use super::template::parse_target;
 use super::{human_size, Context, Failure};
 use crate::engine::EngineChoice;
-use crate::lock::{self, fetch::FetchError, resolve::Update, Lockfile};
+use crate::lock::{self, artifact, fetch::FetchError, resolve::Update, Lockfile};
+use crate::oci::{Reference, Target};
 use crate::progress::{Progress, ProgressMode};
 
 #[derive(Debug, Args)]
@@ -37,8 +39,10 @@ pub struct LockArgs {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Downloads every .deb FILE.lock names into the store, once, \
-    checked against the lock's sha256 and size.\n\n\
-    Example:\n  tplbuild fetch -f buildfiles/gateway/Buildfile"
+    checked against the lock's sha256 and size. --cache-from/--cache-to share the .debs \
+    through a registry as an OCI artifact (one tag may serve several lockfiles).\n\n\
+    Examples:\n  tplbuild fetch -f buildfiles/gateway/Buildfile\n  \
+    tplbuild fetch -f buildfiles/gateway/Buildfile --cache-from 127.0.0.1:5000/debs/gateway:cache --offline"
 )]
 pub struct FetchArgs {
     /// The Buildfile whose lock to fetch (reads FILE.lock).
@@ -52,6 +56,14 @@ pub struct FetchArgs {
     /// Download nothing; fail naming the .debs the store lacks.
     #[arg(long)]
     pub offline: bool,
+    /// Before the archive, take missing .debs from the .deb cache artifact
+    /// at this registry REF (repeatable; an unusable one is a warning).
+    #[arg(long, value_name = "REF")]
+    pub cache_from: Vec<String>,
+    /// After fetching, push every locked .deb to the .deb cache artifact at
+    /// this registry REF, merged with what it lists already.
+    #[arg(long, value_name = "REF")]
+    pub cache_to: Option<String>,
 }
 
 pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
@@ -148,6 +160,54 @@ pub async fn fetch_cmd(ctx: &Context, a: FetchArgs) -> anyhow::Result<()> {
         );
     }
     let lock = Lockfile::load(&path)?;
+    let registry_ref = |s: &str, flag: &str| -> anyhow::Result<Reference> {
+        match parse_target(s)? {
+            Target::Registry(r) => Ok(r),
+            Target::Layout { .. } => Err(Failure::bad_input(format!(
+                "{flag} {s}: the .deb cache lives in a registry, not an OCI layout"
+            ))
+            .into()),
+        }
+    };
+    let cache_from = a
+        .cache_from
+        .iter()
+        .map(|s| registry_ref(s, "--cache-from"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = a
+        .cache_to
+        .as_deref()
+        .map(|s| registry_ref(s, "--cache-to"))
+        .transpose()?;
+    let client = if cache_from.is_empty() && cache_to.is_none() {
+        None
+    } else {
+        Some(ctx.client()?)
+    };
+    let stored_before = lock.debs().len() - lock::fetch::missing(&ctx.store, &lock)?.len();
+    let mut sources = vec![];
+    for r in &cache_from {
+        if lock::fetch::missing(&ctx.store, &lock)?.is_empty() {
+            break;
+        }
+        let client = client
+            .as_ref()
+            .expect("a client when --cache-from is given");
+        match artifact::pull_debs(client, &ctx.store, r, &lock).await {
+            Ok(report) => {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if report.pulled > 0 {
+                    sources.push(format!("{} from {r}", report.pulled));
+                }
+            }
+            Err(e) => eprintln!(
+                "warning: the .deb cache {r} is not usable, ignoring it: {:#}",
+                anyhow::Error::new(e)
+            ),
+        }
+    }
     let report = lock::fetch::fetch(&ctx.store, &lock, a.offline, |p| {
         eprintln!("fetching {} {} ({})", p.name, p.version, human_size(p.size));
     })
@@ -163,11 +223,47 @@ pub async fn fetch_cmd(ctx: &Context, a: FetchArgs) -> anyhow::Result<()> {
         };
         anyhow::Error::new(e).context(failure)
     })?;
-    println!(
-        "{} .deb(s) downloaded ({}), {} already in the store",
+    sources.push(format!(
+        "{} from the archive ({})",
         report.downloaded,
-        human_size(report.bytes),
-        report.already
-    );
+        human_size(report.bytes)
+    ));
+    if cache_from.is_empty() {
+        println!(
+            "{} .deb(s) downloaded ({}), {} already in the store",
+            report.downloaded,
+            human_size(report.bytes),
+            report.already
+        );
+    } else {
+        // `report.already` counts what the caches just gave, too.
+        println!(
+            "{} .deb(s): {}, {stored_before} already stored",
+            lock.debs().len(),
+            sources.join(", ")
+        );
+    }
+    if let Some(r) = &cache_to {
+        let client = client.as_ref().expect("a client when --cache-to is given");
+        let pushed = artifact::push_debs(client, &ctx.store, r, &lock)
+            .await
+            .map_err(|e| {
+                let failure = match &e {
+                    artifact::ArtifactError::Foreign { .. } => {
+                        Failure::failed(format!("--cache-to {r} holds something else"))
+                            .with_hint("choose a tag of its own for the .deb cache")
+                    }
+                    _ => Failure::failed(format!("pushing the .debs to {r}")),
+                };
+                anyhow::Error::new(e).context(failure)
+            })?;
+        for w in &pushed.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!(
+            "pushed {} .deb(s) to {r} ({} listed there now, {} before)",
+            pushed.debs, pushed.total, pushed.kept
+        );
+    }
     Ok(())
 }

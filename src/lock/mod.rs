@@ -9,6 +9,7 @@
 //! build the stored .debs of one step. A .deb's sha256 is its digest in the
 //! content store, so the store needs no separate .deb index.
 
+pub mod artifact;
 pub mod diff;
 pub mod fetch;
 pub mod resolve;
