@@ -100,6 +100,14 @@ rotate() {
   done
 }
 for n in $(seq 1 "$RUNS"); do rotate "$n" cold_tpl_docker cold_tpl_podman cold_buildkit cold_buildkit_clean; done
+# The cold runs' clean-ups removed each other's state (a tplbuild cold run
+# prunes BuildKit's cache too), so build each once more, untimed, before
+# timing the no-op rebuilds.
+bench_log "warming every builder for the no-op rebuilds (not timed)"
+for cmd in TPL_DOCKER TPL_PODMAN BUILDKIT BUILDKIT_CLEAN; do
+  ref="${cmd}[@]"
+  "${!ref}" >"$WORK/logs/warm-$cmd.log" 2>&1 || { bench_log "warming $cmd failed"; tail -15 "$WORK/logs/warm-$cmd.log" >&2; }
+done
 for n in $(seq 1 "$RUNS"); do rotate "$n" noop_tpl_docker noop_tpl_podman noop_buildkit noop_buildkit_clean; done
 engine_line=$(grep -h -m1 '^using ' "$WORK"/logs/*tplbuild-podman-cold* 2>/dev/null | head -1 || true)
 # Every cold build should give the same image, on both engines: a check
@@ -122,6 +130,13 @@ done
 for bk in buildkit buildkit-clean; do
   ratio "no-op: tplbuild (docker) / $bk" tplbuild-docker "no-op rebuild" "$bk" "no-op rebuild" "≤ 0.2"
   ratio "no-op: tplbuild (podman) / $bk" tplbuild-podman "no-op rebuild" "$bk" "no-op rebuild" "≤ 0.2"
+done
+echo
+echo "seconds per step, cold runs in run order (tplbuild: MISS time of each step; BuildKit: DONE time):"
+for b in tplbuild-docker tplbuild-podman buildkit buildkit-clean; do
+  mapfile -t logs < <(cd "$WORK/logs" && printf '%s\n' *-"$b"-cold_build.log | sort -n)
+  [ -f "$WORK/logs/${logs[0]}" ] || continue
+  (cd "$WORK/logs" && step_times "${logs[@]}") | sed "s/^/  $(printf '%-16s' "$b")/"
 done
 echo "buildkit = the brief's Dockerfile; buildkit-clean = the same + apt-get clean && rm -rf /var/lib/apt/lists/*"
 echo "(median of $RUNS runs, the builders interleaved in rotating order; RSS is the client's, see the top of this script;"

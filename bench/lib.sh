@@ -51,6 +51,7 @@ bench_setup() {
     exit 1
   fi
   WORK="$BENCH_WORK/$name"
+  rm -rf "${WORK:?}/logs"
   mkdir -p "$WORK/logs"
   RESULTS="$WORK/results.tsv"
   : > "$RESULTS"
@@ -250,4 +251,18 @@ LABEL org.opencontainers.image.title="Gateway" \
       org.opencontainers.image.version=1.0.0
 DOCKERFILE
   done
+}
+
+# step_times LOG...: one line per builder log, the seconds each step took,
+# from tplbuild's progress lines (`[1/3] INSTALL …  MISS  5.2s`) or
+# BuildKit's plain progress (`#5 [2/4] RUN …` … `#5 DONE 6.2s`).
+step_times() {
+  awk '
+    FNR == 1 { if (line != "") print line; line = "" }
+    /^\[[0-9]+\/[0-9]+\] [A-Z]+ .* (MISS|HIT) +[0-9.]+s$/ {
+      line = line sprintf(" %s %s", $2, $NF) }
+    /^#[0-9]+ \[[0-9]+\/[0-9]+\] [A-Z]+/ { name[$1] = $3 }
+    /^#[0-9]+ exporting to / { name[$1] = "export" }
+    /^#[0-9]+ DONE [0-9.]+s$/ && ($1 in name) { line = line sprintf(" %s %s", name[$1], $3); delete name[$1] }
+    END { if (line != "") print line }' "$@"
 }

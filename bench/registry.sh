@@ -75,6 +75,15 @@ for n in $(seq 1 "$RUNS"); do
   if [ $((n % 2)) = 1 ]; then push_tpl "$n"; push_sko "$n"; else push_sko "$n"; push_tpl "$n"; fi
 done
 
+# Where tplbuild's push time goes: `copy` from an OCI layout first copies
+# the blobs into its store (verified), then uploads from there. This row is
+# that first half alone.
+for _ in $(seq 1 "$RUNS"); do
+  fresh_home
+  TPLBUILD_HOME="$WORK/home" measure tplbuild "(part of push: layout → store)" \
+    "${TPL[@]}" pull "oci:$LAYOUT:big"
+done
+
 # Both tools pull the same image: the one tplbuild pushed first.
 SRC="$REG/bench/big-tpl-$ID-1:1"
 pull_tpl() {
