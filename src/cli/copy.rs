@@ -69,6 +69,14 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         (Target::Registry(s), Target::Registry(d)) if s.registry == d.registry => Some(s.clone()),
         _ => None,
     };
+    if let (transfer::BlobSource::Layout(dir), Target::Registry(r)) = (&resolved.source, &dest) {
+        let digest = transfer::push_from_layout(&ctx.store, &client, &resolved.image, dir, r)
+            .await
+            .with_context(|| format!("writing {dest}"))?;
+        eprintln!("copied {} to {dest}", resolved.pinned);
+        println!("{digest}");
+        return Ok(());
+    }
     if mount_from.is_none() {
         transfer::ensure_blobs(
             &ctx.store,

@@ -229,8 +229,21 @@ pub async fn publish(
             write_layout_image(store, image, dir, tag)?;
             Ok(image.digest())
         }
-        Target::Registry(r) => remote::push_image(store, client, image, r, mount_from).await,
+        Target::Registry(r) => remote::push_image(store, client, image, r, mount_from, None).await,
     }
+}
+
+/// Push an image read from an OCI layout straight from the layout's blob
+/// files (manifest and config come from the store).
+pub async fn push_from_layout(
+    store: &Store,
+    client: &Client,
+    image: &Image,
+    layout: &std::path::Path,
+    r: &Reference,
+) -> Result<Digest, TransferError> {
+    let blobs = layout.join("blobs").join("sha256");
+    remote::push_image(store, client, image, r, &|_| None, Some(&blobs)).await
 }
 
 /// Store an image's manifest and config (layers must be stored by the caller).

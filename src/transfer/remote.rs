@@ -59,11 +59,19 @@ pub(super) async fn push_image(
     image: &Image,
     r: &Reference,
     mount_from: &(dyn Fn(&Digest) -> Option<Reference> + Sync),
+    layer_dir: Option<&std::path::Path>,
 ) -> Result<Digest, TransferError> {
     for layer in image.layers() {
         let from = mount_from(&layer.digest);
+        // From an OCI layout, layers go straight from its files: the
+        // registry checks the digest of what it receives, so copying them
+        // through the store first would only cost time.
+        let path = match layer_dir {
+            Some(dir) if dir.join(layer.digest.hex()).is_file() => dir.join(layer.digest.hex()),
+            _ => store.blob_path(&layer.digest),
+        };
         client
-            .push_blob_file(r, layer, &store.blob_path(&layer.digest), from.as_ref())
+            .push_blob_file(r, layer, &path, from.as_ref())
             .await?;
     }
     let cfg = &image.manifest.config;
