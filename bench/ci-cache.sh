@@ -21,6 +21,9 @@ eval "$(bash scripts/testbed env)"
 [ -x "$TPLBUILD" ] || { echo "no binary at $TPLBUILD (cargo build --release)" >&2; exit 1; }
 rm -rf "$WORK"; mkdir -p "$WORK"
 T=("$TPLBUILD" --insecure-registry "$REG")
+# Debian's docker.io CLI (20.10) has BuildKit built in; a newer CLI earlier on
+# PATH may lack the buildx plugin.
+docker() { /usr/bin/docker "$@"; }
 TAG="$(date +%s)"
 
 "${T[@]}" template import "$TPLBUILD_TEST_ROOTFS_TAR" "$REG/platform/base:1" >/dev/null 2>&1
@@ -58,7 +61,7 @@ bk_run() {
   docker rmi -f "$BK_CACHE" "$REG/platform/base:1" >/dev/null 2>&1 || true
   rm -rf "$WORK/bk-root" "$WORK/bk.ext4"; mkdir -p "$WORK/bk-root"
   /usr/bin/time -f '%e %M' -o "$WORK/time" sh -c "
-    DOCKER_BUILDKIT=1 docker build --network host -q --cache-from '$BK_CACHE' \
+    DOCKER_BUILDKIT=1 /usr/bin/docker build --network host -q --cache-from '$BK_CACHE' \
       --output type=tar,dest=- '$CTX' | tar -x -C '$WORK/bk-root' &&
     mke2fs -q -t ext4 -d '$WORK/bk-root' '$WORK/bk.ext4' 512M" >"$WORK/b-buildkit.log" 2>&1
   cat "$WORK/time"
