@@ -219,3 +219,22 @@ fn an_air_gapped_machine_builds_from_a_bundle_offline() {
         .lines()
         .any(|l| l.trim_start_matches("./") == "airgap"));
 }
+
+#[test]
+fn the_locked_gateway_example_gives_the_same_digest_in_two_empty_stores() {
+    if !testbed("locked gateway") {
+        return;
+    }
+    template();
+    let first = Env::new();
+    // A copy of the example, so the lockfile is written beside the copy.
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("buildfiles/gateway");
+    let dir = first.path("gateway");
+    sh_ok(&format!("cp -a {} {}", src.display(), dir.display()));
+    let f = dir.join("Buildfile").display().to_string();
+    first.ok(&["lock", "-f", &f]);
+    let a = first.ok(&["build", "-f", &f, "--engine", "docker"]);
+    let second = Env::new();
+    let b = second.ok(&["build", "-f", &f, "--engine", "podman"]);
+    assert_eq!(a.trim(), b.trim(), "two cold locked builds differ");
+}
