@@ -64,6 +64,9 @@ pub struct GlobalArgs {
     /// Print debug logs (credentials are never printed).
     #[arg(long, global = true)]
     pub debug: bool,
+    /// How many layers are downloaded at once.
+    #[arg(long, short = 'j', global = true, value_name = "N", default_value_t = crate::transfer::PARALLEL_FETCHES)]
+    pub jobs: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +147,7 @@ pub fn parse_platform(s: Option<&str>) -> anyhow::Result<Platform> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::transfer::set_jobs(cli.global.jobs);
     let ctx = Context::new(cli.global)?;
     match cli.command {
         Command::Template(t) => template::run(&ctx, t).await,

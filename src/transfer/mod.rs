@@ -165,8 +165,19 @@ impl Sources {
     }
 }
 
-/// How many blobs are fetched at once.
+/// How many blobs are fetched at once unless `--jobs` says otherwise.
 pub const PARALLEL_FETCHES: usize = 4;
+
+static JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(PARALLEL_FETCHES);
+
+/// Set how many blobs are fetched at once (`--jobs`; at least 1).
+pub fn set_jobs(n: usize) {
+    JOBS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn jobs() -> usize {
+    JOBS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Make sure these blobs are in the store, each fetched from where
 /// `sources` says, several at a time.
@@ -183,7 +194,7 @@ pub async fn ensure_from(
         .filter(|d| !store.has_blob(&d.digest) && seen.insert(d.digest.clone()))
         .collect();
     stream::iter(missing.into_iter().map(Ok))
-        .try_for_each_concurrent(PARALLEL_FETCHES, |desc| async move {
+        .try_for_each_concurrent(jobs(), |desc| async move {
             let source = sources.source_of(&desc.digest);
             ensure_blobs(store, client, &source, std::slice::from_ref(desc)).await
         })
