@@ -32,13 +32,18 @@ pub struct CopyArgs {
     pub platform: Option<String>,
 }
 
-pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
-    let target = parse_target(&a.reference)?;
-    let platform = parse_platform(a.platform.as_deref())?;
+/// Resolve a reference for `platform` and bring all its layers into the store.
+async fn fetch_whole(
+    ctx: &Context,
+    reference: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<transfer::Resolved> {
+    let target = parse_target(reference)?;
+    let platform = parse_platform(platform)?;
     let client = ctx.client()?;
     let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
         .await
-        .with_context(|| format!("pulling {target}"))?;
+        .with_context(|| format!("reading {target}"))?;
     transfer::ensure_blobs(
         &ctx.store,
         &client,
@@ -47,6 +52,11 @@ pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("pulling the layers of {target}"))?;
+    Ok(resolved)
+}
+
+pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
+    let resolved = fetch_whole(ctx, &a.reference, a.platform.as_deref()).await?;
     eprintln!(
         "pulled {} ({})",
         resolved.pinned,
@@ -143,20 +153,8 @@ pub struct ExportArgs {
 /// Flatten any image to rootfs outputs.
 pub async fn export(ctx: &Context, a: ExportArgs) -> anyhow::Result<()> {
     let outputs = super::build::parse_outputs(&a.outputs)?;
-    let target = parse_target(&a.reference)?;
-    let platform = parse_platform(a.platform.as_deref())?;
-    let client = ctx.client()?;
-    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
-        .await
-        .with_context(|| format!("reading {target}"))?;
-    transfer::ensure_blobs(
-        &ctx.store,
-        &client,
-        &resolved.source,
-        resolved.image.layers(),
-    )
-    .await
-    .with_context(|| format!("pulling the layers of {target}"))?;
+    let resolved = fetch_whole(ctx, &a.reference, a.platform.as_deref()).await?;
+    let target = &resolved.pinned;
     let epoch = crate::plan::epoch_for(&resolved);
     let store = ctx.store.clone();
     let image = resolved.image.clone();
