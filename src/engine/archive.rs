@@ -138,7 +138,7 @@ fn append_layer<W: Write>(tar: &mut tar::Builder<W>, layer: &LoadLayer) -> Resul
 
 /// The uncompressed tar of a stored blob.
 // TODO: use crate::layer::decompress once it is merged.
-fn open_uncompressed(
+pub(super) fn open_uncompressed(
     path: &std::path::Path,
     compression: Compression,
 ) -> io::Result<Box<dyn Read + Send>> {

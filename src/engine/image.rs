@@ -3,12 +3,14 @@
 
 use std::io;
 
-use bollard::query_parameters::{ImportImageOptions, RemoveImageOptions, TagImageOptions};
+use bollard::query_parameters::{
+    CreateImageOptions, ImportImageOptions, RemoveImageOptions, TagImageOptions,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::archive::{write_docker_archive, ChannelWriter, LoadSpec};
+use super::archive::{open_uncompressed, write_docker_archive, ChannelWriter, LoadLayer, LoadSpec};
 use super::{is_not_found, Engine, EngineError};
 use crate::oci::Digest;
 
@@ -133,6 +135,76 @@ fn split_tag(tag: &str) -> (&str, Option<&str>) {
     match tag[name_start..].rfind(':') {
         Some(i) => (&tag[..name_start + i], Some(&tag[name_start + i + 1..])),
         None => (tag, None),
+    }
+}
+
+impl Engine {
+    /// Import one layer as a single-layer image (`POST /images/create
+    /// ?fromSrc=-`, what `docker import` does), streamed uncompressed.
+    ///
+    /// For a parent state's bottom layer this is the fast way in: both
+    /// engines apply the stream straight to their layer store, where `load`
+    /// first unpacks the whole archive to a temp folder (measured here:
+    /// Docker 1.8 s against ~4 s, Podman 1.1 s against ~4–6 s for the 170 MB
+    /// template). The layer's diff_id is the digest of the stream, so a
+    /// later `load` that leaves this layer out finds it by chain id.
+    /// Returns false when the engine's layer does not carry `diff_id`.
+    pub async fn import_layer(&self, tag: &str, layer: &LoadLayer) -> Result<bool, EngineError> {
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+        let reader = {
+            let layer = layer.clone();
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                let mut r = open_uncompressed(&layer.blob_path, layer.compression)?;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = io::Read::read(&mut r, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+                    }
+                }
+            })
+        };
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        // The tag goes in `repo` ("the repo may include a tag"): Podman's
+        // compat endpoint ignores the separate `tag` parameter.
+        let options = CreateImageOptions {
+            from_src: Some("-".to_string()),
+            repo: Some(tag.to_string()),
+            ..Default::default()
+        };
+        let mut progress =
+            self.docker
+                .create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+        while let Some(item) = progress.next().await {
+            item.map_err(EngineError::api(format!(
+                "importing layer {}",
+                layer.diff_id
+            )))?;
+        }
+        drop(progress);
+        reader
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| EngineError::Io {
+                action: format!("reading layer {}", layer.blob_path.display()),
+                source,
+            })?;
+        let info = self
+            .docker
+            .inspect_image(tag)
+            .await
+            .map_err(EngineError::api(format!("inspecting {tag}")))?;
+        let layers = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
+        Ok(layers == [layer.diff_id.to_string()])
     }
 }
 
