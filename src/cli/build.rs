@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::template::parse_target;
-use super::{exit, parse_platform, Context, Failure};
+use super::{human_size, parse_platform, Context, Failure};
 use crate::build::{self, BuildError, BuildOptions};
 use crate::buildfile;
 use crate::engine::{EngineChoice, Network};
@@ -418,7 +418,17 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
             anyhow::Error::new(e)
                 .context(Failure::failed("fetching the locked .debs").with_hint(hint))
         })?;
-        let _ = report;
+        if report.downloaded > 0 {
+            progress.note(
+                "fetch",
+                &format!(
+                    "fetched {} locked .deb(s) ({}), {} already stored",
+                    report.downloaded,
+                    human_size(report.bytes),
+                    report.already
+                ),
+            );
+        }
     }
     let client = ctx.client()?;
     let cache_from = load_caches(&client, &a.cache, &progress).await?;
@@ -550,7 +560,9 @@ fn buildfile_name(path: &Path) -> String {
 /// code and the last lines of output.
 fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
     if let Some(BuildError::StepFailed { tail, .. }) = e.downcast_ref::<BuildError>() {
-        if !progress.is_json() {
+        if progress.is_json() {
+            progress.note("step-output-tail", &tail.join("\n"));
+        } else {
             eprintln!("--- last {} lines of output ---", tail.len());
             for l in tail {
                 eprintln!("  {l}");
@@ -558,24 +570,17 @@ fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
             eprintln!("---");
         }
     }
-    if let Some(BuildError::Interrupted(i)) = e.downcast_ref::<BuildError>() {
-        let code = i.exit_code;
-        return e.context(Failure {
+    let interrupted = match e.downcast_ref::<BuildError>() {
+        Some(BuildError::Interrupted(i)) => Some(i.exit_code),
+        _ => e.downcast_ref::<build::Interrupted>().map(|i| i.exit_code),
+    };
+    match interrupted {
+        Some(code) => e.context(Failure {
             message: "build interrupted; nothing was recorded for the unfinished step".into(),
             hint: None,
             code,
             preformatted: false,
-        });
+        }),
+        None => e,
     }
-    if let Some(i) = e.downcast_ref::<build::Interrupted>() {
-        let code = i.exit_code;
-        return e.context(Failure {
-            message: "build interrupted; nothing was recorded for the unfinished step".into(),
-            hint: None,
-            code,
-            preformatted: false,
-        });
-    }
-    let _ = exit::FAILURE;
-    e
 }
