@@ -27,22 +27,11 @@ fn build_json(env: &Env, file: &str, extra: &[&str]) -> (Vec<Value>, Option<i32>
     let mut args = vec!["build", "-f", file, "--progress", "json"];
     args.extend_from_slice(extra);
     let out = env.run(&args);
-    let events = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
     (
-        events,
+        json_events(&out),
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
-}
-
-fn done(events: &[Value]) -> &Value {
-    events
-        .iter()
-        .find(|e| e["event"] == "done")
-        .expect("a done event")
 }
 
 fn step_layers(events: &[Value]) -> Vec<String> {
@@ -50,14 +39,6 @@ fn step_layers(events: &[Value]) -> Vec<String> {
         .iter()
         .filter(|e| e["event"] == "step-done")
         .map(|e| e["layer"]["digest"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn statuses(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["event"] == "step-done")
-        .map(|e| e["status"].as_str().unwrap().to_string())
         .collect()
 }
 

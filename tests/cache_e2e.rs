@@ -16,27 +16,6 @@ fn write_buildfile(dir: &Path, body: &str, motd: &str) -> String {
 
 const BODY: &str = "INSTALL hello\nCOPY overlay/ /\nRUN cat /etc/motd > /motd.copy\n";
 
-fn events(out: &std::process::Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn done(ev: &[Value]) -> Value {
-    ev.iter()
-        .find(|e| e["event"] == "done")
-        .cloned()
-        .expect("done event")
-}
-
-fn statuses(ev: &[Value]) -> Vec<String> {
-    ev.iter()
-        .filter(|e| e["event"] == "step-done")
-        .map(|e| e["status"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn unique(name: &str) -> String {
     format!(
         "{REGISTRY}/cache-e2e/{name}-{}-{}:buildcache",
@@ -81,7 +60,7 @@ fn a_fresh_machine_reuses_the_registry_cache_and_downloads_nothing_for_a_tag() {
         &cache,
     ]);
     assert!(out.status.success());
-    let digest_a = done(&events(&out))["digest"].clone();
+    let digest_a = done(&json_events(&out))["digest"].clone();
 
     // Machine B: an empty store. (The engine's images are left alone: other
     // tests use them at the same time, and with every step a hit the
@@ -105,7 +84,7 @@ fn a_fresh_machine_reuses_the_registry_cache_and_downloads_nothing_for_a_tag() {
         &product,
     ]);
     assert!(out.status.success());
-    let ev = events(&out);
+    let ev = json_events(&out);
     assert_eq!(statuses(&ev), ["HIT (registry)"; 3]);
     let d = done(&ev);
     assert_eq!(d["containers_created"], 0, "no container may run");
@@ -135,7 +114,7 @@ fn a_fresh_machine_reuses_the_registry_cache_and_downloads_nothing_for_a_tag() {
         &format!("type=ext4,dest={}", ext4.display()),
     ]);
     assert!(out.status.success());
-    assert_eq!(done(&events(&out))["containers_created"], 0);
+    assert_eq!(done(&json_events(&out))["containers_created"], 0);
     sh_ok(&format!("fsck.ext4 -fn {}", ext4.display()));
 }
 
@@ -178,7 +157,10 @@ fn a_branch_pushing_to_the_cache_keeps_the_other_branchs_entries() {
         &cache,
     ]);
     assert!(out.status.success());
-    assert_eq!(statuses(&events(&out)), ["HIT (registry)", "MISS", "MISS"]);
+    assert_eq!(
+        statuses(&json_events(&out)),
+        ["HIT (registry)", "MISS", "MISS"]
+    );
 
     // Branch A, on yet another fresh machine, still hits everything.
     let c = Env::new();

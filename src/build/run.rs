@@ -504,9 +504,14 @@ fn resolve_chown(store: &Store, image: &Image, chown: Option<&str>) -> anyhow::R
     Ok((uid, gid))
 }
 
+/// The store note that holds a layer's uncompressed size.
+fn size_note(diff_id: &Digest) -> Digest {
+    Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes())
+}
+
 /// Remember a layer's uncompressed size (known when we wrote it).
 pub fn remember_uncompressed_size(store: &Store, diff_id: &Digest, size: u64) {
-    let note = Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes());
+    let note = size_note(diff_id);
     let _ = store.put_note(&note, &serde_json::json!(size));
 }
 
@@ -517,7 +522,7 @@ pub fn uncompressed_size(
     desc: &Descriptor,
     diff_id: &Digest,
 ) -> anyhow::Result<u64> {
-    let note = Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes());
+    let note = size_note(diff_id);
     if let Some(n) = store.get_note(&note).and_then(|v| v.as_u64()) {
         return Ok(n);
     }

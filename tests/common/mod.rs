@@ -129,3 +129,29 @@ pub fn sh_ok(cmd: &str) -> String {
     assert!(out.status.success(), "`{cmd}` failed");
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The JSON events `--progress json` printed on stdout.
+pub fn json_events(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The closing `done` event of a build.
+pub fn done(events: &[serde_json::Value]) -> serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "done")
+        .cloned()
+        .expect("a done event")
+}
+
+/// Each step's status (`HIT`, `MISS`, `HIT (registry)`), in order.
+pub fn statuses(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "step-done")
+        .map(|e| e["status"].as_str().unwrap().to_string())
+        .collect()
+}
