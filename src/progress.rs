@@ -81,8 +81,11 @@ impl Progress {
         }
     }
 
-    /// One line of a running step's output.
+    /// One line of a running step's output. A line that redraws itself
+    /// with carriage returns (dpkg's "Reading database ... 5%") shows as
+    /// a terminal would leave it: its last part.
     pub fn output(&mut self, n: usize, line: &str) {
+        let line = as_drawn(line);
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
@@ -144,5 +147,30 @@ impl Progress {
         } else {
             eprintln!("{text}");
         }
+    }
+}
+
+/// What a terminal shows of a line redrawn with `\r`: its last non-empty part.
+fn as_drawn(line: &str) -> &str {
+    line.rsplit('\r')
+        .find(|part| !part.is_empty())
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redrawn_line_shows_its_last_part() {
+        assert_eq!(
+            as_drawn(
+                "(Reading database ... \r(Reading database ... 5%\r(Reading database ... 100%"
+            ),
+            "(Reading database ... 100%"
+        );
+        assert_eq!(as_drawn("done\r"), "done");
+        assert_eq!(as_drawn("plain line"), "plain line");
+        assert_eq!(as_drawn("\r"), "");
     }
 }

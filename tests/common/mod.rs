@@ -83,9 +83,22 @@ impl Env {
     /// Run and expect success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "tplbuild {} failed", args.join(" "));
+        assert!(
+            out.status.success(),
+            "tplbuild {} failed ({}); the end of its stderr:\n{}",
+            args.join(" "),
+            out.status,
+            last_lines(&String::from_utf8_lossy(&out.stderr), 25)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+/// The last `n` lines of `text`, so that a failure's cause is in the panic
+/// message even where a CI log shows only the start and end of the output.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Where test folders go: on the same disk as the store, not a tmpfs.
@@ -126,7 +139,12 @@ pub fn sh(cmd: &str) -> Output {
 
 pub fn sh_ok(cmd: &str) -> String {
     let out = sh(cmd);
-    assert!(out.status.success(), "`{cmd}` failed");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}); the end of its stderr:\n{}",
+        out.status,
+        last_lines(&String::from_utf8_lossy(&out.stderr), 25)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
