@@ -3,14 +3,27 @@
 //! store's own commit: a mismatch stores nothing. The archive is reached
 //! over whatever the lock names (plain HTTP is fine: apt trusts the signed
 //! Release, we trust the lock).
+//!
+//! Downloads run [`PARALLEL`] at a time. A failure that may pass (a reset
+//! connection, a timeout, HTTP 5xx/429/408, a body that ends early) is
+//! retried with backoff; a .deb that arrives whole but different, or that
+//! the archive no longer has, is not.
 
 use std::io::Write as _;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{LockedPackage, Lockfile};
 use crate::oci::Digest;
+use crate::registry::RetryPolicy;
 use crate::store::{Store, StoreError};
+
+/// How many .debs download at once: enough to hide the archive's latency,
+/// few enough to be polite to a mirror.
+pub const PARALLEL: usize = 4;
+
+/// Retries after the first attempt of one .deb.
+const RETRIES: u32 = 4;
 
 const SNAPSHOT_HINT: &str = "point the template's apt sources at a snapshot archive \
     (https://snapshot.debian.org/archive/debian/<date>/) that still serves it, \
@@ -47,6 +60,14 @@ pub enum FetchError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{name} {version} from {url} ended after {got} of {want} bytes")]
+    Short {
+        name: String,
+        version: String,
+        url: String,
+        got: u64,
+        want: u64,
+    },
     #[error("{name} {version} from {url} does not match the lock; nothing was stored")]
     Mismatch {
         name: String,
@@ -62,8 +83,28 @@ pub enum FetchError {
         #[source]
         source: Box<StoreError>,
     },
+    #[error("giving up after {attempts} attempts")]
+    Retried {
+        attempts: u32,
+        #[source]
+        source: Box<FetchError>,
+    },
     #[error("offline, and {} locked .deb(s) are not in the store: {}", missing.len(), missing.join(", "))]
     Offline { missing: Vec<String> },
+}
+
+impl FetchError {
+    /// Whether trying again may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Http { source, .. } => !source.is_builder() && !source.is_redirect(),
+            FetchError::Status { status, .. } => {
+                matches!(status, 408 | 425 | 429) || (500..600).contains(status)
+            }
+            FetchError::Short { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// What a fetch did.
@@ -130,12 +171,47 @@ pub async fn fetch(
             url: String::new(),
             source,
         })?;
-    for p in todo {
-        on_download(p);
-        report.bytes += download(store, &client, p).await?;
-        report.downloaded += 1;
-    }
+    let policy = RetryPolicy::new(RETRIES);
+    let (client, policy, on_download) = (&client, &policy, &on_download);
+    futures_util::stream::iter(todo)
+        .map(|p| async move {
+            on_download(p);
+            download_retrying(store, client, p, policy).await
+        })
+        .buffer_unordered(PARALLEL)
+        .try_for_each(|bytes| {
+            report.bytes += bytes;
+            report.downloaded += 1;
+            futures_util::future::ready(Ok(()))
+        })
+        .await?;
     Ok(report)
+}
+
+/// [`download`], again after a transient failure, up to the policy's limit.
+async fn download_retrying(
+    store: &Store,
+    client: &reqwest::Client,
+    p: &LockedPackage,
+    policy: &RetryPolicy,
+) -> Result<u64, FetchError> {
+    let mut retry = 0;
+    loop {
+        match download(store, client, p).await {
+            Err(e) if e.is_transient() && retry < policy.max_retries => {
+                tracing::info!(package = p.name, "retrying the download: {e}");
+                tokio::time::sleep(policy.delay(retry, None)).await;
+                retry += 1;
+            }
+            Err(e) if retry > 0 => {
+                return Err(FetchError::Retried {
+                    attempts: retry + 1,
+                    source: Box::new(e),
+                })
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn download(
@@ -186,6 +262,15 @@ async fn download(
         }
     }
     let written = w.written();
+    if written < p.size {
+        return Err(FetchError::Short {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            url,
+            got: written,
+            want: p.size,
+        });
+    }
     match w.commit(Some((&digest, p.size))) {
         Ok(_) => Ok(written),
         Err(source @ StoreError::Mismatch { .. }) => Err(FetchError::Mismatch {

@@ -26,4 +26,5 @@ pub use blob::{BlobSink, PushOutcome, VecSink};
 pub use client::{Client, RawManifest, ResolvedImage, MAX_MANIFEST_BYTES};
 pub use credentials::{Credential, CredentialSource, Secret};
 pub use error::RegistryError;
+pub use retry::RetryPolicy;
 pub use settings::RegistrySettings;
