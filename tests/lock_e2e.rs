@@ -177,3 +177,58 @@ fn adding_a_package_without_relocking_is_drift_naming_the_line_and_the_fix() {
     };
     assert_eq!(version(&after), version(&before));
 }
+
+/// Lock `text`, a Buildfile with `extra` files in its context.
+fn lock_text(env: &Env, text: &str, extra: &[(&str, &str)]) -> Lockfile {
+    let bf = env.path("ctx/Buildfile");
+    fs_err::create_dir_all(bf.parent().unwrap()).unwrap();
+    fs_err::write(&bf, text).unwrap();
+    for (name, content) in extra {
+        fs_err::write(env.path("ctx").join(name), content).unwrap();
+    }
+    env.ok(&["lock", "-f", bf.to_str().unwrap()]);
+    Lockfile::load(&Lockfile::path_for(&bf)).unwrap()
+}
+
+/// An apt preferences file that forbids installing hello (apt then takes
+/// hello-traditional, which provides it).
+const NO_HELLO: &str = "Package: hello\nPin: version *\nPin-Priority: -1\n";
+
+#[test]
+fn copy_and_run_steps_before_an_install_are_carried_out_while_locking() {
+    if !testbed("lock_replays") {
+        return;
+    }
+    common::template();
+    let env = Env::new();
+    let base = "ARG BASE=127.0.0.1:5000/platform/base:1\nFROM ${BASE}\n";
+    let pin = [("no-hello", NO_HELLO)];
+    // The COPY'd pin is in place when apt resolves: hello itself cannot be
+    // had, so apt takes the package that provides it.
+    let lock = lock_text(
+        &env,
+        &format!("{base}COPY no-hello /etc/apt/preferences.d/\nINSTALL hello\n"),
+        &pin,
+    );
+    let names = |lock: &Lockfile, i: usize| -> Vec<String> {
+        lock.for_step(i)
+            .unwrap()
+            .packages
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&lock, 0), ["hello-traditional"]);
+    // A RUN between two apt steps takes the pin away again, and the steps
+    // after the last apt step (`RUN false`) are not run at all.
+    let lock = lock_text(
+        &env,
+        &format!(
+            "{base}COPY no-hello /etc/apt/preferences.d/\nINSTALL sl\n\
+             RUN rm /etc/apt/preferences.d/no-hello\nINSTALL hello\nRUN false\n"
+        ),
+        &pin,
+    );
+    assert!(names(&lock, 0).contains(&"sl".to_string()));
+    assert_eq!(names(&lock, 1), ["hello"]);
+}

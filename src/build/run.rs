@@ -487,7 +487,11 @@ fn packages_in_upper(upper: &std::path::Path) -> Option<String> {
     Some(crate::image::package_lines(&pkgs))
 }
 
-fn resolve_chown(store: &Store, image: &Image, chown: Option<&str>) -> anyhow::Result<(u32, u32)> {
+pub(crate) fn resolve_chown(
+    store: &Store,
+    image: &Image,
+    chown: Option<&str>,
+) -> anyhow::Result<(u32, u32)> {
     let Some(spec) = chown else {
         return Ok((0, 0));
     };

@@ -115,7 +115,7 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
     .await
     .map_err(|e| {
         if let Some(lock::resolve::ResolveError::AptFailed { tail, .. }) = e.downcast_ref() {
-            eprintln!("--- last {} lines of apt's output ---", tail.len());
+            eprintln!("--- last {} lines of the lock container's output ---", tail.len());
             for l in tail {
                 eprintln!("  {l}");
             }

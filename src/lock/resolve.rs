@@ -1,12 +1,13 @@
 //! Resolving a plan's apt steps with apt itself, in one container.
 //!
-//! What each step resolves against (the choice, and its limit): the
-//! template, plus every earlier INSTALL/REMOVE carried out in the same
-//! container, in order. COPY and RUN steps in between are NOT replayed, so
-//! a RUN that adds an apt source or pins a version before an INSTALL is
-//! not seen by the lock. This keeps locking to one container, one
-//! `apt-get update` and no layer writing; the lead may switch to running
-//! the build's earlier steps if Buildfiles need it.
+//! What each step resolves against: the template, plus every earlier step
+//! of the Buildfile carried out in the same container, in order: apt
+//! steps as apt would, RUN steps with `sh -c`, COPY steps by unpacking a
+//! tar of their files that was put in the container before it started. So
+//! a RUN that adds an architecture, or a COPY that adds an apt source or
+//! pin, is seen; after any such step the lists are updated again. Steps
+//! after the last apt step cannot change the lock and are not run. One
+//! container, no layers written: locking stays cheap.
 //!
 //! Already-locked steps keep their versions: unless `--update` names a
 //! package (or says all), a step whose instruction is unchanged passes
@@ -18,18 +19,24 @@ use std::collections::BTreeMap;
 use crate::build::run::Runner;
 use crate::build::BuildOptions;
 use crate::engine::{ContainerSpec, EngineChoice, Network};
-use crate::plan::{Plan, StepKind};
+use crate::plan::{Plan, Step, StepKind};
 use crate::progress::Progress;
 use crate::registry::Client;
 use crate::store::Store;
 use crate::transfer;
 
-use super::uris::{self, AptRequest};
+use std::io::{Seek as _, Write as _};
+
+use anyhow::Context as _;
+
+use super::uris::{self, AptRequest, Replay};
 use super::{apt_steps, LockedArchive, LockedStep, Lockfile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("apt failed while locking (exit code {code})")]
+    #[error(
+        "apt, or a COPY or RUN step carried out before it, failed while locking (exit code {code})"
+    )]
     AptFailed { code: i64, tail: Vec<String> },
     #[error("reading what apt printed")]
     Output(#[source] uris::UriError),
@@ -58,46 +65,135 @@ impl Update {
     }
 }
 
-/// The apt requests for `plan`'s apt steps, pinned by `previous`.
-pub fn requests(plan: &Plan, previous: Option<&Lockfile>, update: &Update) -> Vec<AptRequest> {
-    let steps = apt_steps(plan);
-    let last = steps.len().saturating_sub(1);
-    steps
+/// Where a replayed COPY step's tar is put in the lock container.
+fn copy_tar_path(step: &Step) -> String {
+    format!("/{COPY_DIR}/copy-{}.tar", step.number)
+}
+
+/// Where the replayed COPY steps' tars go (tmp/: gone with the container).
+const COPY_DIR: &str = "tmp/tplbuild-lock";
+
+/// The steps up to the last apt step: the ones that shape what apt
+/// resolves. Later steps cannot.
+fn steps_to_resolve(steps: &[Step]) -> &[Step] {
+    let end = steps
         .iter()
-        .map(|(index, step)| {
-            let (install, packages, recommends) = match &step.kind {
-                StepKind::Install {
-                    packages,
-                    recommends,
-                } => (true, packages.clone(), *recommends),
-                StepKind::Remove { packages } => (false, packages.clone(), false),
-                _ => unreachable!("apt_steps returns only INSTALL and REMOVE"),
-            };
-            let old = previous
-                .and_then(|p| p.for_step(*index))
-                .filter(|s| s.instruction == step.text && install);
-            let mut args = vec![];
-            let mut pinned = std::collections::BTreeSet::new();
-            if let Some(old) = old {
-                for p in old.packages.iter().filter(|p| update.keeps(&p.name)) {
-                    args.push(format!("{}={}", p.name, p.version));
-                    pinned.insert(p.name.clone());
-                }
-            }
-            for p in packages {
-                if !pinned.contains(p.split(['=', '/']).next().unwrap_or(p.as_str())) {
-                    args.push(p.clone());
-                }
-            }
-            AptRequest {
-                install,
-                args,
+        .rposition(|s| s.kind.uses_apt())
+        .map_or(0, |last| last + 1);
+    &steps[..end]
+}
+
+/// The apt requests for a plan's `steps`, pinned by `previous`, each with
+/// the COPY and RUN steps that come before it.
+pub fn requests(steps: &[Step], previous: Option<&Lockfile>, update: &Update) -> Vec<AptRequest> {
+    let steps = steps_to_resolve(steps);
+    let apt_total = steps.iter().filter(|s| s.kind.uses_apt()).count();
+    let mut out: Vec<AptRequest> = vec![];
+    let mut before = vec![];
+    for step in steps {
+        let (install, packages, recommends) = match &step.kind {
+            StepKind::Install {
+                packages,
                 recommends,
-                env: step.env.clone(),
-                apply: *index != last,
+            } => (true, packages.clone(), *recommends),
+            StepKind::Remove { packages } => (false, packages.clone(), false),
+            StepKind::Run { script } => {
+                before.push(Replay::Run {
+                    script: script.clone(),
+                    env: step.env.clone(),
+                });
+                continue;
             }
-        })
-        .collect()
+            StepKind::Copy { .. } => {
+                before.push(Replay::Unpack {
+                    tar: copy_tar_path(step),
+                });
+                continue;
+            }
+        };
+        let index = out.len();
+        let old = previous
+            .and_then(|p| p.for_step(index))
+            .filter(|s| s.instruction == step.text && install);
+        let mut args = vec![];
+        let mut pinned = std::collections::BTreeSet::new();
+        if let Some(old) = old {
+            for p in old.packages.iter().filter(|p| update.keeps(&p.name)) {
+                args.push(format!("{}={}", p.name, p.version));
+                pinned.insert(p.name.clone());
+            }
+        }
+        for p in packages {
+            if !pinned.contains(p.split(['=', '/']).next().unwrap_or(p.as_str())) {
+                args.push(p.clone());
+            }
+        }
+        out.push(AptRequest {
+            install,
+            args,
+            recommends,
+            env: step.env.clone(),
+            apply: index + 1 != apt_total,
+            before: std::mem::take(&mut before),
+        });
+    }
+    out
+}
+
+/// One tar holding a tar of each COPY step before the last apt step, at
+/// the paths [`requests`] unpacks them from; `None` if there is no such
+/// step. Owners named by `--chown` are looked up in the template (a user
+/// made by an earlier RUN is not there yet: root stands in, which apt's
+/// resolution does not care about).
+fn copy_bundle(store: &Store, plan: &Plan) -> anyhow::Result<Option<tempfile::NamedTempFile>> {
+    let copies: Vec<&Step> = steps_to_resolve(&plan.steps)
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Copy { .. }))
+        .collect();
+    if copies.is_empty() {
+        return Ok(None);
+    }
+    let bundle = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
+    let mut outer = tar::Builder::new(std::io::BufWriter::new(bundle.reopen()?));
+    for step in copies {
+        let StepKind::Copy {
+            sources,
+            dest,
+            chown,
+            chmod,
+        } = &step.kind
+        else {
+            continue;
+        };
+        let (uid, gid) =
+            crate::build::run::resolve_chown(store, &plan.base.image, chown.as_deref())
+                .unwrap_or((0, 0));
+        let attrs = crate::build::copy::CopyAttrs {
+            uid,
+            gid,
+            chmod: *chmod,
+            mtime: plan.epoch.max(0) as u64,
+        };
+        let mut inner = tempfile::tempfile_in(store.tmp_dir())?;
+        crate::build::copy::write_copy_tar(
+            &plan.buildfile.context,
+            sources,
+            dest,
+            &attrs,
+            &mut inner,
+        )
+        .with_context(|| format!("reading the sources of {}", step.text))?;
+        let len = inner.stream_position()?;
+        inner.rewind()?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(len);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        let path = copy_tar_path(step);
+        outer.append_data(&mut header, path.trim_start_matches('/'), inner)?;
+    }
+    outer.into_inner()?.flush()?;
+    Ok(Some(bundle))
 }
 
 /// Resolve `plan`'s apt steps in a container from its template and return
@@ -115,7 +211,7 @@ pub async fn resolve(
     if steps.is_empty() {
         return Ok(Lockfile::new(vec![], vec![]));
     }
-    let script = uris::script(&requests(plan, previous, update));
+    let script = uris::script(&requests(&plan.steps, previous, update));
     let opts = BuildOptions {
         engine,
         network: Network::Host,
@@ -133,8 +229,20 @@ pub async fn resolve(
         script: Some(script),
         network: Network::Host,
     };
+    let bundle = copy_bundle(store, plan)?;
     let engine = runner.engine.clone();
     let container = engine.create(&spec).await?;
+    if let Some(bundle) = &bundle {
+        let file = tokio::fs::File::open(bundle.path()).await?;
+        if let Err(e) = engine
+            .upload(&container, "/", tokio_util::io::ReaderStream::new(file))
+            .await
+        {
+            let _ = engine.remove(&container).await;
+            return Err(anyhow::Error::new(e)
+                .context("putting the COPY steps' files in the lock container"));
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let run = {
         let engine = engine.clone();
@@ -216,4 +324,137 @@ fn archives(plan: &Plan, in_container: &BTreeMap<String, String>) -> Vec<LockedA
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockedPackage;
+
+    fn step(number: usize, kind: StepKind) -> Step {
+        Step {
+            number,
+            span: Default::default(),
+            text: match &kind {
+                StepKind::Install { packages, .. } => format!("INSTALL {}", packages.join(" ")),
+                StepKind::Remove { packages } => format!("REMOVE {}", packages.join(" ")),
+                StepKind::Run { script } => format!("RUN {script}"),
+                StepKind::Copy { sources, dest, .. } => {
+                    format!("COPY {} {dest}", sources.join(" "))
+                }
+            },
+            kind,
+            env: BTreeMap::from([("N".to_string(), number.to_string())]),
+            definition: serde_json::Value::Null,
+            inputs: BTreeMap::new(),
+        }
+    }
+
+    fn install(n: usize, p: &str) -> Step {
+        step(
+            n,
+            StepKind::Install {
+                packages: vec![p.into()],
+                recommends: false,
+            },
+        )
+    }
+
+    fn run(n: usize, script: &str) -> Step {
+        step(
+            n,
+            StepKind::Run {
+                script: script.into(),
+            },
+        )
+    }
+
+    fn copy(n: usize) -> Step {
+        step(
+            n,
+            StepKind::Copy {
+                sources: vec!["a".into()],
+                dest: "/etc/apt/".into(),
+                chown: None,
+                chmod: None,
+            },
+        )
+    }
+
+    #[test]
+    fn copy_and_run_steps_go_before_the_next_apt_step_and_later_ones_are_left_out() {
+        let steps = [
+            run(1, "dpkg --add-architecture i386"),
+            copy(2),
+            install(3, "hello:i386"),
+            install(4, "curl"),
+            run(5, "echo between"),
+            step(
+                6,
+                StepKind::Remove {
+                    packages: vec!["curl".into()],
+                },
+            ),
+            run(7, "echo after the last apt step"),
+            copy(8),
+        ];
+        let r = requests(&steps, None, &Update::Nothing);
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r[0].before,
+            vec![
+                Replay::Run {
+                    script: "dpkg --add-architecture i386".into(),
+                    env: steps[0].env.clone()
+                },
+                Replay::Unpack {
+                    tar: "/tmp/tplbuild-lock/copy-2.tar".into()
+                },
+            ]
+        );
+        assert_eq!(r[0].args, ["hello:i386"]);
+        assert!(r[1].before.is_empty());
+        assert_eq!(
+            r[2].before,
+            vec![Replay::Run {
+                script: "echo between".into(),
+                env: steps[4].env.clone()
+            }]
+        );
+        assert!(!r[2].install);
+        assert_eq!(
+            r.iter().map(|r| r.apply).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+    }
+
+    #[test]
+    fn a_locked_step_keeps_its_versions_by_its_place_among_apt_steps() {
+        let steps = [run(1, "true"), install(2, "hello")];
+        let lock = Lockfile::new(
+            vec![],
+            vec![crate::lock::LockedStep {
+                index: 0,
+                instruction: "INSTALL hello".into(),
+                packages: vec![LockedPackage {
+                    name: "hello".into(),
+                    version: "2.10-3".into(),
+                    architecture: "amd64".into(),
+                    filename: String::new(),
+                    sha256: String::new(),
+                    size: 0,
+                    uri: String::new(),
+                }],
+            }],
+        );
+        let r = requests(&steps, Some(&lock), &Update::Nothing);
+        assert_eq!(r[0].args, ["hello=2.10-3"]);
+        let r = requests(&steps, Some(&lock), &Update::All);
+        assert_eq!(r[0].args, ["hello"]);
+    }
+
+    #[test]
+    fn no_apt_step_means_nothing_to_resolve() {
+        assert!(requests(&[run(1, "true"), copy(2)], None, &Update::Nothing).is_empty());
+    }
 }

@@ -31,6 +31,53 @@ pub struct AptRequest {
     pub env: BTreeMap<String, String>,
     /// Also carry the step out, so the next step resolves on its result.
     pub apply: bool,
+    /// The Buildfile's COPY and RUN steps between the previous apt step
+    /// and this one, carried out first: a RUN that adds an architecture or
+    /// a COPY that adds an apt source or pin changes what apt resolves.
+    pub before: Vec<Replay>,
+}
+
+/// A non-apt step, carried out in the lock container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// A RUN: its script under `sh -c`, with the step's ENV.
+    Run {
+        script: String,
+        env: BTreeMap<String, String>,
+    },
+    /// A COPY: a tar of its files (paths relative to `/`) that was put in
+    /// the container at this path before it started.
+    Unpack { tar: String },
+}
+
+fn exports(env: &BTreeMap<String, String>) -> String {
+    env.iter()
+        .map(|(k, v)| format!("export {k}={}; ", sh_quote(v)))
+        .collect()
+}
+
+/// The script lines that carry out `replays`.
+fn replay_lines(replays: &[Replay]) -> String {
+    let mut s = String::new();
+    for r in replays {
+        match r {
+            Replay::Run { script, env } => {
+                s.push_str(&format!("( {}sh -c {} )\n", exports(env), sh_quote(script)))
+            }
+            Replay::Unpack { tar } => s.push_str(&format!(
+                "tar -xpf {} -C / --same-owner --no-overwrite-dir\n",
+                sh_quote(tar)
+            )),
+        }
+    }
+    s
+}
+
+/// Update the package lists and print each InRelease's digest.
+fn update_lines() -> String {
+    "apt-get update -qq\n\
+     for f in /var/lib/apt/lists/*_InRelease; do [ -e \"$f\" ] && echo \"@@inrelease $(sha256sum \"$f\")\"; done\n"
+        .to_string()
 }
 
 /// Quote for `sh`: everything inside single quotes, `'` as `'\''`.
@@ -38,22 +85,27 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The script for a lock container: update the lists once, print each
-/// list's InRelease digest, then for each step print what it would
-/// download (INSTALL) or purge (REMOVE) and, unless it is the last, do it.
+/// The script for a lock container: carry out the COPY/RUN steps before
+/// the first apt step, update the lists, print each list's InRelease
+/// digest, then for each apt step carry out the COPY/RUN steps before it
+/// (and update again if there were any), print what it would download
+/// (INSTALL) or purge (REMOVE) and, unless it is the last, do it.
 pub fn script(steps: &[AptRequest]) -> String {
-    let mut s = String::from(
-        "set -e\nexport DEBIAN_FRONTEND=noninteractive\napt-get update -qq\n\
-         for f in /var/lib/apt/lists/*_InRelease; do [ -e \"$f\" ] && echo \"@@inrelease $(sha256sum \"$f\")\"; done\n",
-    );
+    let mut s = String::from("set -e\nexport DEBIAN_FRONTEND=noninteractive\n");
+    // What comes before the first apt step runs before the one update.
+    if let Some(first) = steps.first() {
+        s.push_str(&replay_lines(&first.before));
+    }
+    s.push_str(&update_lines());
     for (i, step) in steps.iter().enumerate() {
+        if i > 0 && !step.before.is_empty() {
+            // A replayed step may have changed the sources: read them again.
+            s.push_str(&replay_lines(&step.before));
+            s.push_str(&update_lines());
+        }
         let args: Vec<String> = step.args.iter().map(|a| sh_quote(a)).collect();
         let args = args.join(" ");
-        let exports: String = step
-            .env
-            .iter()
-            .map(|(k, v)| format!("export {k}={}; ", sh_quote(v)))
-            .collect();
+        let exports = exports(&step.env);
         s.push_str(&format!("echo '@@step {i}'\n( {exports}"));
         if step.install {
             // apt 2.6 prints the MD5Sum unless told which hash to show.
@@ -324,6 +376,40 @@ mod tests {
     }
 
     #[test]
+    fn replayed_steps_run_in_order_and_later_ones_update_the_lists_again() {
+        let req = |before| AptRequest {
+            install: true,
+            args: vec!["hello".into()],
+            recommends: false,
+            env: BTreeMap::new(),
+            apply: true,
+            before,
+        };
+        let run = |script: &str| Replay::Run {
+            script: script.into(),
+            env: BTreeMap::from([("V".to_string(), "it's".to_string())]),
+        };
+        let s = script(&[
+            req(vec![run("dpkg --add-architecture i386")]),
+            req(vec![]),
+            req(vec![Replay::Unpack {
+                tar: "/tmp/tplbuild-lock/copy-4.tar".into(),
+            }]),
+        ]);
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} in {s}"));
+        // The first replay comes before the one and only first update.
+        assert!(
+            at("( export V='it'\\''s'; sh -c 'dpkg --add-architecture i386' )")
+                < at("apt-get update")
+        );
+        assert_eq!(s.matches("apt-get update -qq").count(), 2, "{s}");
+        let unpack = at("tar -xpf '/tmp/tplbuild-lock/copy-4.tar' -C /");
+        assert!(at("@@step 1") < unpack && unpack < at("@@step 2"));
+        assert!(unpack < s.rfind("apt-get update -qq").unwrap());
+        assert!(s.rfind("apt-get update -qq").unwrap() < at("@@step 2"));
+    }
+
+    #[test]
     fn script_quotes_packages_and_applies_all_but_the_last_step() {
         let req = |install, apply| AptRequest {
             install,
@@ -331,6 +417,7 @@ mod tests {
             recommends: false,
             env: BTreeMap::new(),
             apply,
+            before: vec![],
         };
         let s = script(&[req(true, true), req(false, false)]);
         assert!(s.contains("--print-uris 'hello=2.10-3' 'it'\\''s'"), "{s}");
