@@ -137,4 +137,11 @@ fn gateway_and_kiosk_build_and_export() {
         "COPY --chown=kiosk resolved in the image"
     );
     assert_eq!(profile.mode() & 0o777, 0o600);
+    assert_eq!(
+        fs_err::read_link(root.join("etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/Europe/Berlin"),
+        "a symlink in a COPY folder arrives as that symlink"
+    );
+    let issue = fs_err::symlink_metadata(root.join("etc/issue")).unwrap();
+    assert_eq!(issue.mode() & 0o777, 0o644);
 }
