@@ -151,7 +151,7 @@ impl Progress {
 }
 
 /// What a terminal shows of a line redrawn with `\r`: its last non-empty part.
-fn as_drawn(line: &str) -> &str {
+pub fn as_drawn(line: &str) -> &str {
     line.rsplit('\r')
         .find(|part| !part.is_empty())
         .unwrap_or("")

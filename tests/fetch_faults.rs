@@ -77,6 +77,14 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// A 200 that closes the connection after `keep` bytes and gives no
+/// length, so the HTTP layer sees a complete (short) body.
+fn short_unannounced(data: &[u8], keep: usize) -> Action {
+    let mut raw = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec();
+    raw.extend_from_slice(&data[..keep]);
+    Action::Raw(raw)
+}
+
 fn short(data: &[u8], keep: usize) -> Action {
     let mut raw = format!(
         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -93,7 +101,16 @@ async fn transient_failures_are_retried_and_every_deb_arrives() {
     let b = bytes_of("cut-short", 90_000);
     let c = bytes_of("reset", 10_000);
     let d = bytes_of("fine", 5_000);
+    let e = bytes_of("no-length", 30_000);
     let mut plan: Plan = HashMap::new();
+    let (e1, e2) = (e.clone(), e.clone());
+    plan.insert(
+        deb_path("no-length"),
+        vec![
+            Box::new(move || short_unannounced(&e1, 29_999)),
+            Box::new(move || ok(&e2)),
+        ],
+    );
     let (a1, b1, b2, c1, d1) = (a.clone(), b.clone(), b.clone(), c.clone(), d.clone());
     plan.insert(
         deb_path("overloaded"),
@@ -121,6 +138,7 @@ async fn transient_failures_are_retried_and_every_deb_arrives() {
         (&b, pkg(&fake, "cut-short", &b)),
         (&c, pkg(&fake, "reset", &c)),
         (&d, pkg(&fake, "fine", &d)),
+        (&e, pkg(&fake, "no-length", &e)),
     ];
     let (_dir, store) = store();
     let lock = lock_of(debs.iter().map(|(_, p)| p.clone()).collect());
@@ -130,13 +148,22 @@ async fn transient_failures_are_retried_and_every_deb_arrives() {
     })
     .await
     .unwrap();
-    assert_eq!(report.downloaded, 4);
-    assert_eq!(report.bytes, (a.len() + b.len() + c.len() + d.len()) as u64);
-    assert_eq!(started.lock().unwrap().len(), 4, "one notice per .deb");
+    assert_eq!(report.downloaded, 5);
+    assert_eq!(
+        report.bytes,
+        (a.len() + b.len() + c.len() + d.len() + e.len()) as u64
+    );
+    assert_eq!(started.lock().unwrap().len(), 5, "one notice per .deb");
     assert_eq!(fake.count("GET", "/debian/pool/main/overloaded"), 3);
     assert_eq!(fake.count("GET", "/debian/pool/main/cut-short"), 2);
     assert_eq!(fake.count("GET", "/debian/pool/main/reset"), 2);
     assert_eq!(fake.count("GET", "/debian/pool/main/fine"), 1);
+    assert_eq!(fake.count("GET", "/debian/pool/main/no-length"), 2);
+    assert_eq!(
+        std::fs::read_dir(store.tmp_dir()).unwrap().count(),
+        0,
+        "no temp file is left behind"
+    );
     for (data, p) in &debs {
         let digest = p.digest().unwrap().unwrap();
         assert!(store.has_blob(&digest), "{} stored", p.name);
@@ -147,7 +174,7 @@ async fn transient_failures_are_retried_and_every_deb_arrives() {
     let again = fetch(&store, &lock, true, |_| panic!("nothing to download"))
         .await
         .unwrap();
-    assert_eq!((again.downloaded, again.already), (0, 4));
+    assert_eq!((again.downloaded, again.already), (0, 5));
 }
 
 #[tokio::test]
@@ -199,8 +226,14 @@ async fn an_archive_that_always_fails_is_given_up_on_with_the_count() {
     let err = fetch(&store, &lock_of(vec![p]), false, |_| {})
         .await
         .unwrap_err();
+    assert!(
+        format!("{err}").starts_with("down 1.0-1: giving up after 5 attempts"),
+        "{err}"
+    );
     match &err {
-        FetchError::Retried { attempts, source } => {
+        FetchError::Retried {
+            attempts, source, ..
+        } => {
             assert_eq!(*attempts, 5);
             assert!(
                 matches!(**source, FetchError::Status { status: 502, .. }),
@@ -210,4 +243,22 @@ async fn an_archive_that_always_fails_is_given_up_on_with_the_count() {
         other => panic!("expected Retried, got {other:?}"),
     }
     assert_eq!(fake.count("GET", "/debian/"), 5);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_after_a_transient_one_is_reported_as_itself() {
+    let mut plan: Plan = HashMap::new();
+    plan.insert(
+        deb_path("flaky"),
+        vec![Box::new(|| status(503)), Box::new(|| status(404))],
+    );
+    let fake = archive(plan).await;
+    let p = pkg(&fake, "flaky", &bytes_of("flaky", 100));
+    let (_dir, store) = store();
+    let err = fetch(&store, &lock_of(vec![p]), false, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Gone { .. }), "{err:?}");
+    assert_eq!(fake.count("GET", "/debian/"), 2);
+    assert!(std::fs::read_dir(store.tmp_dir()).unwrap().next().is_none());
 }

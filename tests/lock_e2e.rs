@@ -225,10 +225,28 @@ fn copy_and_run_steps_before_an_install_are_carried_out_while_locking() {
         &env,
         &format!(
             "{base}COPY no-hello /etc/apt/preferences.d/\nINSTALL sl\n\
-             RUN rm /etc/apt/preferences.d/no-hello\nINSTALL hello\nRUN false\n"
+             RUN rm /etc/apt/preferences.d/no-hello && echo \"'this is not apt's\" && rm -rf /tmp/*\n\
+             INSTALL hello\nRUN false\n"
         ),
         &pin,
     );
     assert!(names(&lock, 0).contains(&"sl".to_string()));
     assert_eq!(names(&lock, 1), ["hello"]);
+
+    // A replayed step that fails is named, with what it printed.
+    let bf = env.path("ctx/Buildfile");
+    fs_err::write(
+        &bf,
+        format!("{base}INSTALL sl\nRUN echo \"'quoted\" && exit 7\nINSTALL hello\n"),
+    )
+    .unwrap();
+    let out = env.run(&["lock", "-f", bf.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}:4: `RUN echo", bf.display())),
+        "names the step: {err}"
+    );
+    assert!(err.contains("failed while locking"), "{err}");
+    assert!(err.contains("  'quoted"), "shows its output: {err}");
 }

@@ -166,4 +166,59 @@ mod tests {
         write_copy_tar(d.path(), &["app.conf".into()], "/etc/app/", &attrs, &mut b).unwrap();
         assert_eq!(names(&b)[0].0, "etc/app/app.conf");
     }
+
+    /// Symlinks inside a COPY folder may point anywhere (the Buildfile
+    /// check allows it), so nothing that reads COPY sources may follow
+    /// one: not this tar, not the plan's input hashing.
+    #[test]
+    fn a_link_to_a_folder_outside_is_sent_as_a_link_and_never_read() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        fs_err::create_dir_all(&outside).unwrap();
+        fs_err::write(outside.join("secret"), "TOP-SECRET-BYTES").unwrap();
+        fs_err::create_dir_all(d.path().join("ctx/overlay")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.path().join("ctx/overlay/x")).unwrap();
+        let attrs = CopyAttrs {
+            uid: 0,
+            gid: 0,
+            chmod: None,
+            mtime: 0,
+        };
+        let ctx = d.path().join("ctx");
+        let mut buf = vec![];
+        write_copy_tar(&ctx, &["overlay/".into()], "/", &attrs, &mut buf).unwrap();
+        let mut a = tar::Archive::new(&buf[..]);
+        let entries: Vec<(String, tar::EntryType, String)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                    e.link_name()
+                        .unwrap()
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [(
+                "x".to_string(),
+                tar::EntryType::Symlink,
+                outside.display().to_string()
+            )]
+        );
+        assert!(!buf.windows(16).any(|w| w == b"TOP-SECRET-BYTES"));
+
+        let inputs = crate::plan::inputs::copy_inputs(&ctx, &["overlay/".into()]).unwrap();
+        assert_eq!(
+            inputs.get("copy:overlay/x").map(String::as_str),
+            Some(format!("symlink 777 {}", outside.display()).as_str())
+        );
+        assert_eq!(inputs.len(), 2, "the folder and the link: {inputs:?}");
+        assert!(!inputs.keys().any(|k| k.contains("secret")), "{inputs:?}");
+    }
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use super::signals::Signals;
 use super::{location, record_for, BuildError, BuildOptions};
-use crate::engine::{self, Container, ContainerSpec, Engine, LoadLayer, LoadSpec};
+use crate::engine::{self, Container, ContainerSpec, Engine, EngineError, LoadLayer, LoadSpec};
 use crate::image::Image;
 use crate::layer::{self, Hygiene, LayerOptions};
 use crate::oci::{Compression, Descriptor, Digest};
@@ -248,20 +248,32 @@ impl Runner {
             script,
             network,
         };
-        let container = self
-            .engine
-            .create(&spec)
-            .await
-            .map_err(|e| wrap(e.into()))?;
-        self.containers_created += 1;
-        // From here on the container is removed on every path.
-        let result = tokio::select! {
-            r = self.work(store, plan, step, parent, key, inputs, &container, progress) => r,
-            i = signals.wait() => Err(i.into()),
+        let mut attempt = 1;
+        let result = loop {
+            let container = self
+                .engine
+                .create(&spec)
+                .await
+                .map_err(|e| wrap(e.into()))?;
+            self.containers_created += 1;
+            // From here on the container is removed on every path.
+            let result = tokio::select! {
+                r = self.work(store, plan, step, parent, key, inputs.clone(), &container, progress) => r,
+                i = signals.wait() => Err(i.into()),
+            };
+            if let Err(e) = self.engine.remove(&container).await {
+                progress.warn(&format!("could not remove container {}: {e}", container.id));
+            }
+            match result {
+                Err(e) if attempt < START_ATTEMPTS && EngineError::never_ran(&e) => {
+                    progress.warn(&format!(
+                        "{e:#}; the step never started, trying again in a new container"
+                    ));
+                    attempt += 1;
+                }
+                other => break other,
+            }
         };
-        if let Err(e) = self.engine.remove(&container).await {
-            progress.warn(&format!("could not remove container {}: {e}", container.id));
-        }
         result.map_err(|e| match e.downcast::<BuildError>() {
             Ok(b) => b.into(),
             Err(e) => match e.downcast::<super::Interrupted>() {
@@ -387,6 +399,10 @@ impl Runner {
         Ok(rec)
     }
 }
+
+/// How many fresh containers a step gets when its command could not be
+/// started in the one before ([`EngineError::NotStarted`]).
+pub(crate) const START_ATTEMPTS: u32 = 3;
 
 /// Where a locked step's .debs are put in its container (tmp/ is dropped
 /// from layers as volatile).

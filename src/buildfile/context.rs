@@ -65,7 +65,7 @@ fn check_source(context: &Path, root: &Path, s: &CopySource, rep: &mut Reporter)
                 s.span,
                 s.len,
                 format!("COPY source `{}` is a symlink that points nowhere", s.text),
-                None,
+                Some("to send the link itself, copy the folder that holds it".into()),
             );
             return;
         }
@@ -78,9 +78,20 @@ fn check_source(context: &Path, root: &Path, s: &CopySource, rep: &mut Reporter)
                 "COPY source `{}` leads outside the Buildfile's folder",
                 s.text
             ),
-            Some(format!("it resolves to `{}`", real.display())),
+            Some(if is_link(&path) {
+                format!(
+                    "it resolves to `{}` on this machine; to send the link itself, copy the folder that holds it",
+                    real.display()
+                )
+            } else {
+                format!("it resolves to `{}`", real.display())
+            }),
         );
     }
+}
+
+fn is_link(path: &Path) -> bool {
+    fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 #[cfg(test)]
@@ -149,6 +160,9 @@ mod tests {
             messages(parse_in(&dir, "COPY link /x\n")),
             ["2:6 COPY source `link` leads outside the Buildfile's folder"]
         );
+        let e = parse_in(&dir, "COPY link /x\n").unwrap_err();
+        let hint = e.0[0].hint.as_deref().unwrap();
+        assert!(hint.contains("copy the folder that holds it"), "{hint}");
     }
 
     #[test]

@@ -114,10 +114,18 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| {
+        if let Some(lock::resolve::ResolveError::ReplayFailed { tail, .. }) = e.downcast_ref() {
+            eprintln!("--- last {} lines of its output ---", tail.len());
+            for l in tail {
+                eprintln!("  {}", crate::progress::as_drawn(l));
+            }
+            eprintln!("---");
+            return e;
+        }
         if let Some(lock::resolve::ResolveError::AptFailed { tail, .. }) = e.downcast_ref() {
             eprintln!("--- last {} lines of the lock container's output ---", tail.len());
             for l in tail {
-                eprintln!("  {l}");
+                eprintln!("  {}", crate::progress::as_drawn(l));
             }
             eprintln!("---");
             let hint = if previous.is_some() {

@@ -126,7 +126,7 @@ impl Engine {
             .docker
             .attach_container(&c.id, Some(attach))
             .await
-            .map_err(EngineError::api(format!(
+            .map_err(EngineError::not_started(format!(
                 "attaching to container {}",
                 c.short_id()
             )))?
@@ -134,7 +134,7 @@ impl Engine {
         self.docker
             .start_container(&c.id, None)
             .await
-            .map_err(EngineError::api(format!(
+            .map_err(EngineError::not_started(format!(
                 "starting container {}",
                 c.short_id()
             )))?;

@@ -186,9 +186,33 @@ pub enum EngineError {
     },
     #[error("loading {tag}: the engine accepted the archive but has no image {tag} afterwards")]
     NotLoaded { tag: String },
+    /// Attaching to or starting a container failed: its command never ran,
+    /// so a fresh container may be tried. (Podman 4.3 now and then fails
+    /// to prepare a created container for attach: "write child: broken
+    /// pipe".)
+    #[error("{action}")]
+    NotStarted {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
 }
 
 impl EngineError {
+    /// Whether `err` says a container's command never ran (see
+    /// [`EngineError::NotStarted`]).
+    pub fn never_ran(err: &anyhow::Error) -> bool {
+        err.chain()
+            .any(|c| matches!(c.downcast_ref(), Some(EngineError::NotStarted { .. })))
+    }
+
+    fn not_started(
+        action: impl Into<String>,
+    ) -> impl FnOnce(bollard::errors::Error) -> EngineError {
+        let action = action.into();
+        move |source| EngineError::NotStarted { action, source }
+    }
+
     fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> EngineError {
         let action = action.into();
         move |source| EngineError::Api { action, source }

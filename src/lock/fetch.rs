@@ -83,8 +83,10 @@ pub enum FetchError {
         #[source]
         source: Box<StoreError>,
     },
-    #[error("giving up after {attempts} attempts")]
+    #[error("{name} {version}: giving up after {attempts} attempts")]
     Retried {
+        name: String,
+        version: String,
         attempts: u32,
         #[source]
         source: Box<FetchError>,
@@ -164,6 +166,8 @@ pub async fn fetch(
     }
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
+        // A body that stalls this long is a failure to retry, not a wait.
+        .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|source| FetchError::Http {
             name: String::new(),
@@ -203,8 +207,12 @@ async fn download_retrying(
                 tokio::time::sleep(policy.delay(retry, None)).await;
                 retry += 1;
             }
-            Err(e) if retry > 0 => {
+            // Still failing the way that may pass: say how often it was
+            // tried. An error that cannot pass speaks for itself.
+            Err(e) if retry > 0 && e.is_transient() => {
                 return Err(FetchError::Retried {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
                     attempts: retry + 1,
                     source: Box::new(e),
                 })

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::build::run::Runner;
 use crate::build::BuildOptions;
-use crate::engine::{ContainerSpec, EngineChoice, Network};
+use crate::engine::{ContainerSpec, Engine, EngineChoice, EngineError, Network};
 use crate::plan::{Plan, Step, StepKind};
 use crate::progress::Progress;
 use crate::registry::Client;
@@ -34,10 +34,14 @@ use super::{apt_steps, LockedArchive, LockedStep, Lockfile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error(
-        "apt, or a COPY or RUN step carried out before it, failed while locking (exit code {code})"
-    )]
+    #[error("apt failed while locking (exit code {code})")]
     AptFailed { code: i64, tail: Vec<String> },
+    #[error("{location}: `{text}` failed while locking (the lock carries out the COPY and RUN steps before an apt step)")]
+    ReplayFailed {
+        location: String,
+        text: String,
+        tail: Vec<String>,
+    },
     #[error("reading what apt printed")]
     Output(#[source] uris::UriError),
     #[error("interrupted while locking; the lockfile was not changed")]
@@ -67,11 +71,8 @@ impl Update {
 
 /// Where a replayed COPY step's tar is put in the lock container.
 fn copy_tar_path(step: &Step) -> String {
-    format!("/{COPY_DIR}/copy-{}.tar", step.number)
+    format!("{}/copy-{}.tar", uris::LOCK_DIR, step.number)
 }
-
-/// Where the replayed COPY steps' tars go (tmp/: gone with the container).
-const COPY_DIR: &str = "tmp/tplbuild-lock";
 
 /// The steps up to the last apt step: the ones that shape what apt
 /// resolves. Later steps cannot.
@@ -99,6 +100,7 @@ pub fn requests(steps: &[Step], previous: Option<&Lockfile>, update: &Update) ->
             StepKind::Remove { packages } => (false, packages.clone(), false),
             StepKind::Run { script } => {
                 before.push(Replay::Run {
+                    step: step.number,
                     script: script.clone(),
                     env: step.env.clone(),
                 });
@@ -106,6 +108,7 @@ pub fn requests(steps: &[Step], previous: Option<&Lockfile>, update: &Update) ->
             }
             StepKind::Copy { .. } => {
                 before.push(Replay::Unpack {
+                    step: step.number,
                     tar: copy_tar_path(step),
                 });
                 continue;
@@ -231,55 +234,28 @@ pub async fn resolve(
     };
     let bundle = copy_bundle(store, plan)?;
     let engine = runner.engine.clone();
-    let container = engine.create(&spec).await?;
-    if let Some(bundle) = &bundle {
-        let file = tokio::fs::File::open(bundle.path()).await?;
-        if let Err(e) = engine
-            .upload(&container, "/", tokio_util::io::ReaderStream::new(file))
-            .await
-        {
-            let _ = engine.remove(&container).await;
-            return Err(anyhow::Error::new(e)
-                .context("putting the COPY steps' files in the lock container"));
-        }
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let run = {
-        let engine = engine.clone();
-        let c = container.clone();
-        tokio::spawn(async move {
-            engine
-                .run(&c, move |line| {
-                    let _ = tx.send(line.to_string());
-                })
-                .await
-        })
-    };
-    let collect = async {
-        let mut lines = vec![];
-        while let Some(l) = rx.recv().await {
-            lines.push(l);
-        }
-        lines
-    };
-    let result = tokio::select! {
-        lines = collect => Ok(lines),
-        _ = tokio::signal::ctrl_c() => Err(ResolveError::Interrupted),
-    };
-    let code = match &result {
-        Ok(_) => Some(run.await?),
-        Err(_) => {
-            run.abort();
-            None
+    let mut attempt = 1;
+    let (code, lines) = loop {
+        match run_once(&engine, &spec, bundle.as_ref().map(|b| b.path()), progress).await {
+            Err(e) if attempt < crate::build::run::START_ATTEMPTS && EngineError::never_ran(&e) => {
+                progress.warn(&format!("{e:#}; trying again in a new container"));
+                attempt += 1;
+            }
+            other => break other?,
         }
     };
-    if let Err(e) = engine.remove(&container).await {
-        progress.warn(&format!("could not remove container {}: {e}", container.id));
-    }
-    let lines = result?;
-    let code = code.expect("the run finished")?;
     if code != 0 {
-        let tail = lines[lines.len().saturating_sub(20)..].to_vec();
+        if let Some((n, printed)) = uris::failed_replay(&lines) {
+            if let Some(step) = plan.steps.iter().find(|s| s.number == n) {
+                return Err(ResolveError::ReplayFailed {
+                    location: crate::build::location(plan, step.span),
+                    text: step.text.clone(),
+                    tail: last(&printed, 20),
+                }
+                .into());
+            }
+        }
+        let tail = last(&lines, 20);
         return Err(ResolveError::AptFailed { code, tail }.into());
     }
     let out = uris::parse_output(lines.iter().map(String::as_str)).map_err(ResolveError::Output)?;
@@ -299,6 +275,63 @@ pub async fn resolve(
         })
         .collect();
     Ok(Lockfile::new(archives(plan, &out.in_release), locked))
+}
+
+/// One lock container: created, given the COPY steps' tars, run to the
+/// end (or to Ctrl-C), removed. Returns its exit code and every line it
+/// printed.
+async fn run_once(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    bundle: Option<&std::path::Path>,
+    progress: &Progress,
+) -> anyhow::Result<(i64, Vec<String>)> {
+    let container = engine.create(spec).await?;
+    let result = async {
+        if let Some(path) = bundle {
+            let file = tokio::fs::File::open(path).await?;
+            engine
+                .upload(&container, "/", tokio_util::io::ReaderStream::new(file))
+                .await
+                .context("putting the COPY steps' files in the lock container")?;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let run = {
+            let engine = engine.clone();
+            let c = container.clone();
+            tokio::spawn(async move {
+                engine
+                    .run(&c, move |line| {
+                        let _ = tx.send(line.to_string());
+                    })
+                    .await
+            })
+        };
+        let collect = async {
+            let mut lines = vec![];
+            while let Some(l) = rx.recv().await {
+                lines.push(l);
+            }
+            lines
+        };
+        tokio::select! {
+            lines = collect => Ok((run.await??, lines)),
+            _ = tokio::signal::ctrl_c() => {
+                run.abort();
+                Err(ResolveError::Interrupted.into())
+            }
+        }
+    }
+    .await;
+    if let Err(e) = engine.remove(&container).await {
+        progress.warn(&format!("could not remove container {}: {e}", container.id));
+    }
+    result
+}
+
+/// The last `n` of `lines`.
+fn last(lines: &[String], n: usize) -> Vec<String> {
+    lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 /// The archive suites from the plan's apt inputs (`apt:URI SUITE`), each
@@ -404,11 +437,13 @@ mod tests {
             r[0].before,
             vec![
                 Replay::Run {
+                    step: 1,
                     script: "dpkg --add-architecture i386".into(),
                     env: steps[0].env.clone()
                 },
                 Replay::Unpack {
-                    tar: "/tmp/tplbuild-lock/copy-2.tar".into()
+                    step: 2,
+                    tar: "/.tplbuild-lock/copy-2.tar".into()
                 },
             ]
         );
@@ -417,6 +452,7 @@ mod tests {
         assert_eq!(
             r[2].before,
             vec![Replay::Run {
+                step: 5,
                 script: "echo between".into(),
                 env: steps[4].env.clone()
             }]

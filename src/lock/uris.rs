@@ -37,18 +37,25 @@ pub struct AptRequest {
     pub before: Vec<Replay>,
 }
 
-/// A non-apt step, carried out in the lock container.
+/// A non-apt step, carried out in the lock container. `step` is its
+/// number in the plan, printed in a `@@failed` line if it fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replay {
     /// A RUN: its script under `sh -c`, with the step's ENV.
     Run {
+        step: usize,
         script: String,
         env: BTreeMap<String, String>,
     },
     /// A COPY: a tar of its files (paths relative to `/`) that was put in
     /// the container at this path before it started.
-    Unpack { tar: String },
+    Unpack { step: usize, tar: String },
 }
+
+/// The lock container's own folder: the replayed COPY steps' tars, and
+/// the output of the replay running. Not under /tmp, which a RUN may
+/// clean.
+pub const LOCK_DIR: &str = "/.tplbuild-lock";
 
 fn exports(env: &BTreeMap<String, String>) -> String {
     env.iter()
@@ -56,19 +63,31 @@ fn exports(env: &BTreeMap<String, String>) -> String {
         .collect()
 }
 
-/// The script lines that carry out `replays`.
+/// The script lines that carry out `replays`. What a replay prints is
+/// kept aside (it must not be read as apt's answer) and shown only when it
+/// fails, after a `@@failed STEP` line.
 fn replay_lines(replays: &[Replay]) -> String {
     let mut s = String::new();
     for r in replays {
-        match r {
-            Replay::Run { script, env } => {
-                s.push_str(&format!("( {}sh -c {} )\n", exports(env), sh_quote(script)))
-            }
-            Replay::Unpack { tar } => s.push_str(&format!(
-                "tar -xpf {} -C / --same-owner --no-overwrite-dir\n",
-                sh_quote(tar)
-            )),
-        }
+        let (step, command) = match r {
+            Replay::Run { step, script, env } => (
+                step,
+                format!("( {}sh -c {} )", exports(env), sh_quote(script)),
+            ),
+            // As the engines' archive upload does: owners and modes from
+            // the tar, an existing symlink to a folder (merged /usr's
+            // /lib) left a symlink.
+            Replay::Unpack { step, tar } => (
+                step,
+                format!(
+                    "tar -xpf {} -C / --same-owner --keep-directory-symlink",
+                    sh_quote(tar)
+                ),
+            ),
+        };
+        s.push_str(&format!(
+            "if ! {command} >{LOCK_DIR}/out 2>&1 </dev/null; then echo '@@failed {step}'; cat {LOCK_DIR}/out; exit 1; fi\n"
+        ));
     }
     s
 }
@@ -91,7 +110,7 @@ pub fn sh_quote(s: &str) -> String {
 /// (and update again if there were any), print what it would download
 /// (INSTALL) or purge (REMOVE) and, unless it is the last, do it.
 pub fn script(steps: &[AptRequest]) -> String {
-    let mut s = String::from("set -e\nexport DEBIAN_FRONTEND=noninteractive\n");
+    let mut s = format!("set -e\nexport DEBIAN_FRONTEND=noninteractive\nmkdir -p {LOCK_DIR}\n");
     // What comes before the first apt step runs before the one update.
     if let Some(first) = steps.first() {
         s.push_str(&replay_lines(&first.before));
@@ -136,6 +155,14 @@ pub fn script(steps: &[AptRequest]) -> String {
         s.push_str(" )\n");
     }
     s
+}
+
+/// The step a failed lock container names in its `@@failed STEP` line,
+/// and what that step printed.
+pub fn failed_replay(lines: &[String]) -> Option<(usize, Vec<String>)> {
+    let at = lines.iter().rposition(|l| l.starts_with("@@failed "))?;
+    let step = lines[at]["@@failed ".len()..].trim().parse().ok()?;
+    Some((step, lines[at + 1..].to_vec()))
 }
 
 /// Everything the lock container printed that matters.
@@ -386,6 +413,7 @@ mod tests {
             before,
         };
         let run = |script: &str| Replay::Run {
+            step: 1,
             script: script.into(),
             env: BTreeMap::from([("V".to_string(), "it's".to_string())]),
         };
@@ -393,7 +421,8 @@ mod tests {
             req(vec![run("dpkg --add-architecture i386")]),
             req(vec![]),
             req(vec![Replay::Unpack {
-                tar: "/tmp/tplbuild-lock/copy-4.tar".into(),
+                step: 4,
+                tar: "/.tplbuild-lock/copy-4.tar".into(),
             }]),
         ]);
         let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} in {s}"));
@@ -403,10 +432,30 @@ mod tests {
                 < at("apt-get update")
         );
         assert_eq!(s.matches("apt-get update -qq").count(), 2, "{s}");
-        let unpack = at("tar -xpf '/tmp/tplbuild-lock/copy-4.tar' -C /");
+        let unpack = at("tar -xpf '/.tplbuild-lock/copy-4.tar' -C /");
+        // What a replay prints is kept out of apt's answer, and shown
+        // after a marker naming the step if it fails.
+        assert!(s.contains(
+            "sh -c 'dpkg --add-architecture i386' ) >/.tplbuild-lock/out 2>&1 </dev/null; \
+             then echo '@@failed 1'; cat /.tplbuild-lock/out; exit 1; fi"
+        ));
+        assert!(s.contains("then echo '@@failed 4'"), "{s}");
         assert!(at("@@step 1") < unpack && unpack < at("@@step 2"));
         assert!(unpack < s.rfind("apt-get update -qq").unwrap());
         assert!(s.rfind("apt-get update -qq").unwrap() < at("@@step 2"));
+    }
+
+    #[test]
+    fn a_failed_replay_is_found_with_what_it_printed() {
+        let lines: Vec<String> = ["@@inrelease x y", "@@failed 3", "sh: 1: nope: not found"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            failed_replay(&lines),
+            Some((3, vec!["sh: 1: nope: not found".to_string()]))
+        );
+        assert_eq!(failed_replay(&lines[..1]), None);
     }
 
     #[test]
