@@ -23,15 +23,26 @@ pub fn testbed(what: &str) -> bool {
     let up = rootfs_tar().is_some() && std::net::TcpStream::connect(REGISTRY).is_ok();
     if !up {
         eprintln!("skipping {what}: the test bed is not up (run scripts/testbed)");
-        if std::env::var_os("CI").is_some() {
-            panic!("the test bed must be up in CI");
+        if testbed_required() {
+            panic!("{what}: the test bed must be up here (scripts/test and CI require it)");
         }
     }
     up
 }
 
+/// Whether a missing part of the test bed fails a test instead of
+/// skipping it: `scripts/test` (so CI) sets TPLBUILD_TEST_REQUIRE_TESTBED,
+/// for a suite that skipped its end-to-end tests must not pass.
+pub fn testbed_required() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("TPLBUILD_TEST_REQUIRE_TESTBED").is_some()
+}
+
 pub fn has_socket(path: &str) -> bool {
-    Path::new(path).exists()
+    let there = Path::new(path).exists();
+    if !there && testbed_required() {
+        panic!("{path} is absent, and the test bed is required here");
+    }
+    there
 }
 
 /// A temporary TPLBUILD_HOME and working folder for one test.

@@ -24,6 +24,10 @@ pub async fn engines() -> Vec<Engine> {
     for socket in [DOCKER_SOCKET, PODMAN_SOCKET] {
         if !Path::new(socket).exists() {
             eprintln!("skipping the engine at {socket}: it is absent (run scripts/testbed)");
+            assert!(
+                std::env::var_os("TPLBUILD_TEST_REQUIRE_TESTBED").is_none(),
+                "the test bed is required here"
+            );
             continue;
         }
         // Never the DOCKER_HOST the environment may set.
