@@ -6,6 +6,7 @@ mod build;
 mod bundle;
 mod copy;
 mod lock;
+mod prune;
 mod template;
 
 pub use template::human_size;
@@ -91,6 +92,8 @@ pub enum Command {
     Lock(lock::LockArgs),
     /// Download the .debs FILE.lock names into the store, verified.
     Fetch(lock::FetchArgs),
+    /// Free the store of steps, exports and blobs not used for a while.
+    Prune(prune::PruneArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -148,8 +151,13 @@ pub fn parse_platform(s: Option<&str>) -> anyhow::Result<Platform> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::transfer::set_jobs(cli.global.jobs);
+    // Prune opens the store for itself alone, never shared first.
+    let command = match cli.command {
+        Command::Prune(a) => return prune::prune_cmd(&cli.global, a),
+        other => other,
+    };
     let ctx = Context::new(cli.global)?;
-    match cli.command {
+    match command {
         Command::Template(t) => template::run(&ctx, t).await,
         Command::Pull(a) => copy::pull(&ctx, a).await,
         Command::Copy(a) => copy::copy(&ctx, a).await,
@@ -159,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
         Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
         Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
+        Command::Prune(_) => unreachable!("handled above"),
     }
 }
 

@@ -81,7 +81,10 @@ impl Cache {
         };
         let output = dir.join("output");
         match fs_err::metadata(&output) {
-            Ok(m) if m.len() == entry.bytes => Some((entry, output)),
+            Ok(m) if m.len() == entry.bytes => {
+                crate::store::prune::touch(&dir);
+                Some((entry, output))
+            }
             _ => {
                 tracing::warn!(entry = %dir.display(), "ignoring an export cache entry whose output is missing or truncated");
                 None

@@ -38,8 +38,15 @@ impl Store {
     }
 
     /// True if a blob file exists under the digest (not re-hashed).
+    /// Whether the blob is here; if it is, it counts as used now (a prune
+    /// keeps it for a while).
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+        let path = self.blob_path(digest);
+        let here = path.is_file();
+        if here {
+            super::prune::touch(&path);
+        }
+        here
     }
 
     /// Size of a stored blob, if present.

@@ -9,7 +9,8 @@
 //!     ├── steps-v1/<key hex>.json      step key → layer descriptor + the inputs of the key
 //!     ├── exports-v1/<key hex>/…       cached rootfs exports (ext4, erofs, …)
 //!     ├── tmp/                         in-flight writes, renamed into place when verified
-//!     └── lock                         flock held while index.json is rewritten
+//!     ├── lock                         flock held while index.json is rewritten
+//!     └── users.lock                   flock: shared by every process using the store, exclusive for a prune
 //! ```
 //!
 //! Blobs are written to `tmp/`, hashed and counted while they stream,
@@ -24,11 +25,13 @@
 
 mod blobs;
 pub mod index;
+pub mod prune;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
 
 pub use blobs::{BlobWriter, VerifyingReader};
+pub use prune::{parse_age, PruneReport};
 pub use steps::StepRecord;
 
 use crate::oci::{Digest, DigestError};
@@ -62,10 +65,12 @@ pub enum StoreError {
     Digest(#[from] DigestError),
 }
 
-/// A handle to the store folder. Cheap to clone.
+/// A handle to the store folder. Cheap to clone. While any clone lives,
+/// the process holds a shared lock on `users.lock` (see [`prune`]).
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    _users: std::sync::Arc<fs_err::File>,
 }
 
 impl Store {
@@ -82,8 +87,48 @@ impl Store {
         PathBuf::from(home).join(".cache").join("tplbuild")
     }
 
-    /// Open (creating if needed) the store under `home`.
+    /// Open (creating if needed) the store under `home`, shared with other
+    /// processes. Waits while a prune holds it.
     pub fn open(home: &Path) -> Result<Self, StoreError> {
+        Self::open_with(home, rustix::fs::FlockOperation::LockShared, || {})
+    }
+
+    /// Open the store under `home` for this process alone (for a prune);
+    /// `on_wait` is called once if other processes have it open, and then
+    /// this waits until they are done.
+    pub fn open_exclusive(home: &Path, on_wait: impl FnOnce()) -> Result<Self, StoreError> {
+        Self::open_with(home, rustix::fs::FlockOperation::LockExclusive, on_wait)
+    }
+
+    fn open_with(
+        home: &Path,
+        how: rustix::fs::FlockOperation,
+        on_wait: impl FnOnce(),
+    ) -> Result<Self, StoreError> {
+        let root = Self::create(home)?;
+        let users = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("users.lock"))?;
+        let nonblocking = match how {
+            rustix::fs::FlockOperation::LockShared => {
+                rustix::fs::FlockOperation::NonBlockingLockShared
+            }
+            _ => rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        };
+        if rustix::fs::flock(&users, nonblocking).is_err() {
+            on_wait();
+            rustix::fs::flock(&users, how).map_err(std::io::Error::from)?;
+        }
+        Ok(Store {
+            root,
+            _users: std::sync::Arc::new(users),
+        })
+    }
+
+    /// Make the store's folders and files under `home` if they are missing.
+    fn create(home: &Path) -> Result<PathBuf, StoreError> {
         let root = home.join(STORE_DIR);
         for sub in ["blobs/sha256", "tmp", "steps-v1", "exports-v1"] {
             fs_err::create_dir_all(root.join(sub))?;
@@ -100,7 +145,7 @@ impl Store {
                 br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
             )?;
         }
-        Ok(Store { root })
+        Ok(root)
     }
 
     pub fn root(&self) -> &Path {

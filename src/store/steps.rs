@@ -61,6 +61,7 @@ impl Store {
         if !self.has_blob(&rec.layer.digest) {
             return Ok(None);
         }
+        super::prune::touch(&path);
         Ok(Some(rec))
     }
 

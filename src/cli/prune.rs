@@ -1,0 +1,73 @@
+//! `tplbuild prune`: free the store of what has not been used for a while.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{template::human_size, Failure, GlobalArgs};
+use crate::store::{parse_age, Store};
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Removes step records, cached exports and blobs not used for --older-than \
+(default 7d), and leftovers of killed runs. Images kept by name in the store \
+(pulled templates) stay with all their blobs, and so does what a remaining \
+step record needs. A build that used something touched it, so what CI uses \
+every day stays. Waits for other tplbuild processes using the store to end.
+
+Examples:
+  tplbuild prune                    # what the last week did not use
+  tplbuild prune --older-than 24h --dry-run
+  tplbuild prune --all              # every step and export; named images stay")]
+pub struct PruneArgs {
+    /// Remove what was not used for this long: 90s, 30m, 24h, 7d, 2w.
+    #[arg(long, value_name = "AGE", default_value = "7d", conflicts_with = "all")]
+    pub older_than: String,
+    /// Remove every step record, export and unnamed blob, whatever its age.
+    #[arg(long)]
+    pub all: bool,
+    /// Say what would go; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn prune_cmd(global: &GlobalArgs, a: PruneArgs) -> anyhow::Result<()> {
+    let age = if a.all {
+        Duration::ZERO
+    } else {
+        parse_age(&a.older_than).ok_or_else(|| {
+            Failure::bad_input(format!("--older-than {:?} is not an age", a.older_than))
+                .with_hint("write a number and a unit: 90s, 30m, 24h, 7d or 2w")
+        })?
+    };
+    let home = global.home.clone().unwrap_or_else(Store::default_home);
+    let store = Store::open_exclusive(&home, || {
+        eprintln!(
+            "waiting for the other tplbuild processes using {} to end …",
+            home.display()
+        );
+    })
+    .map_err(|e| anyhow::anyhow!(e).context(format!("opening the store at {}", home.display())))?;
+    let r = store.prune(age, a.dry_run)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {} step record(s), {} note(s), {} export(s), {} blob(s), {} leftover(s): {}; \
+         kept {} blob(s), {}",
+        r.step_records,
+        r.notes,
+        r.exports,
+        r.blobs,
+        r.tmp_files,
+        human_size(r.bytes),
+        r.kept_blobs,
+        human_size(r.kept_bytes)
+    );
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! `tplbuild prune` on a store a real build filled.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn buildfile(env: &Env) -> String {
+    let bf = env.path("ctx/Buildfile");
+    fs_err::create_dir_all(bf.parent().unwrap()).unwrap();
+    fs_err::write(
+        &bf,
+        format!("FROM {TEMPLATE}\nRUN echo pruned > /etc/pruned\n"),
+    )
+    .unwrap();
+    bf.display().to_string()
+}
+
+fn report(env: &Env, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["prune", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(env.ok(&all).trim()).unwrap()
+}
+
+#[test]
+fn prune_keeps_what_was_just_used_and_all_removes_every_step() {
+    if !testbed("prune") {
+        return;
+    }
+    template();
+    let env = Env::new();
+    let bf = buildfile(&env);
+    let tar = env.path("out.tar").display().to_string();
+    env.ok(&["build", "-f", &bf, "-o", &format!("type=tar,dest={tar}")]);
+
+    // Everything was used a moment ago: a week's prune keeps it all.
+    let r = report(&env, &[]);
+    assert_eq!(r["step_records"], 0, "{r}");
+    assert_eq!(r["blobs"], 0, "{r}");
+    assert_eq!(r["exports"], 0, "{r}");
+    let out = env.run(&["build", "-f", &bf, "--progress", "json"]);
+    assert!(
+        statuses(&json_events(&out)).iter().all(|s| s == "HIT"),
+        "still cached"
+    );
+
+    // A dry run of --all says what would go and removes nothing.
+    let dry = report(&env, &["--all", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert!(dry["step_records"].as_u64().unwrap() >= 1, "{dry}");
+    let out = env.run(&["build", "-f", &bf, "--progress", "json"]);
+    assert!(
+        statuses(&json_events(&out)).iter().all(|s| s == "HIT"),
+        "a dry run removed nothing"
+    );
+
+    // --all: the step is gone and runs again; the build still works (the
+    // template comes back from the registry).
+    let all = report(&env, &["--all"]);
+    assert_eq!(all["step_records"], dry["step_records"], "{all}");
+    assert!(all["bytes"].as_u64().unwrap() > 0, "{all}");
+    let out = env.run(&["build", "-f", &bf, "--progress", "json"]);
+    assert!(out.status.success());
+    assert_eq!(
+        statuses(&json_events(&out)),
+        ["MISS"],
+        "the step runs again"
+    );
+
+    // Human output names what went.
+    let text = env.ok(&["prune", "--all"]);
+    assert!(text.starts_with("removed 1 step record(s)"), "{text}");
+
+    let bad = env.run(&["prune", "--older-than", "a week"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("90s, 30m, 24h, 7d or 2w"));
+}
+
+#[test]
+fn prune_waits_for_a_process_that_has_the_store_open() {
+    let env = Env::new();
+    // This test process has the store open (a shared lock), as a build would.
+    let store = tplbuild::store::Store::open(&env.home()).unwrap();
+    let mut child = env
+        .cmd()
+        .args(["prune", "--all"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "prune waits");
+    drop(store);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waiting for the other tplbuild processes"),
+        "{stderr}"
+    );
+}
