@@ -86,13 +86,7 @@ fn short_unannounced(data: &[u8], keep: usize) -> Action {
 }
 
 fn short(data: &[u8], keep: usize) -> Action {
-    let mut raw = format!(
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        data.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&data[..keep]);
-    Action::Raw(raw)
+    fake::cut_short(data, keep, &["Connection: close"])
 }
 
 #[tokio::test]

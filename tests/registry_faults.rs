@@ -118,13 +118,7 @@ async fn status_429_waits_for_retry_after() {
 // ---------------------------------------------------------------- bodies
 
 fn short_body(data: &[u8], keep: usize) -> Action {
-    let mut raw = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n\r\n",
-        data.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&data[..keep]);
-    Action::Raw(raw)
+    fake::cut_short(data, keep, &["Accept-Ranges: bytes"])
 }
 
 #[tokio::test]

@@ -39,6 +39,19 @@ pub fn ok(body: &[u8]) -> Action {
     Action::Respond(200, vec![], body.to_vec())
 }
 
+/// A 200 announcing all of `data` but sending only its first `keep`
+/// bytes, then closing; `headers` are added as they are.
+pub fn cut_short(data: &[u8], keep: usize, headers: &[&str]) -> Action {
+    let mut raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n", data.len());
+    for h in headers {
+        raw.push_str(&format!("{h}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let mut raw = raw.into_bytes();
+    raw.extend_from_slice(&data[..keep]);
+    Action::Raw(raw)
+}
+
 pub fn status(code: u16) -> Action {
     Action::Respond(code, vec![], Vec::new())
 }
