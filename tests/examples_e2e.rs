@@ -126,6 +126,8 @@ fn gateway_and_kiosk_build_and_export() {
         "fsck.ext4 -fn {}",
         env.path("gw/rootfs.ext4").display()
     ));
+    // Room for one example's outputs at a time.
+    fs_err::remove_dir_all(env.path("gw")).unwrap();
 
     build_all(&env, "kiosk", "docker", &env.path("kiosk"));
     let root = env.path("kiosk/rootfs");

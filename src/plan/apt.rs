@@ -105,28 +105,41 @@ pub fn sources_in_image(store: &Store, image: &Image) -> std::io::Result<Vec<Apt
 
 /// `apt:<uri> <suite>` → digest of its InRelease (or a marker saying it
 /// could not be fetched: the key then differs, and apt will say why).
+/// The suites are asked at once: a no-op build waits for one round trip,
+/// not one per suite.
 pub async fn archive_state(sources: &[AptSource]) -> BTreeMap<String, String> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build();
-    let mut out = BTreeMap::new();
-    for s in sources {
-        let name = format!("apt:{} {}", s.uri, s.suite);
-        let value = match &client {
-            Ok(c) => fetch(c, &s.in_release_url()).await,
-            Err(e) => Err(e.to_string()),
-        };
-        match value {
-            Ok(d) => {
-                out.insert(name, d.to_string());
-            }
-            Err(e) => {
-                tracing::warn!("cannot fetch {}: {e}", s.in_release_url());
-                out.insert(name, "unavailable".to_string());
-            }
+    let client = http_client(sources.iter().map(|s| s.uri.as_str()));
+    let fetches = sources.iter().map(|s| {
+        let client = &client;
+        async move {
+            let url = s.in_release_url();
+            let value = match client {
+                Ok(c) => fetch(c, &url).await,
+                Err(e) => Err(e.to_string()),
+            };
+            let value = value.map(|d| d.to_string()).unwrap_or_else(|e| {
+                tracing::warn!("cannot fetch {url}: {e}");
+                "unavailable".to_string()
+            });
+            (format!("apt:{} {}", s.uri, s.suite), value)
         }
-    }
-    out
+    });
+    futures_util::future::join_all(fetches)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// A client for an apt archive. Loading the system's CA certificates
+/// costs a few milliseconds of a no-op build, so it is skipped when every
+/// URI is plain HTTP (Debian's archives usually are: apt checks the signed
+/// InRelease, not the transport).
+fn http_client<'a>(uris: impl IntoIterator<Item = &'a str>) -> reqwest::Result<reqwest::Client> {
+    let https = uris.into_iter().any(|u| !u.starts_with("http://"));
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .tls_built_in_native_certs(https)
+        .build()
 }
 
 async fn fetch(c: &reqwest::Client, url: &str) -> Result<Digest, String> {
@@ -136,4 +149,75 @@ async fn fetch(c: &reqwest::Client, url: &str) -> Result<Digest, String> {
     }
     let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
     Ok(Digest::of(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A loopback archive that answers each InRelease after a pause and
+    /// counts how many requests it had in hand at once.
+    async fn slow_archive(most: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let now = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let (now, most) = (now.clone(), most.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let line = String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let here = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(here, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let (status, body) = if line.contains("/dists/gone/") {
+                        ("404 Not Found", String::new())
+                    } else {
+                        ("200 OK", line)
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/debian")
+    }
+
+    #[tokio::test]
+    async fn suites_are_asked_at_once_and_each_gets_its_own_digest() {
+        let most = Arc::new(AtomicUsize::new(0));
+        let uri = slow_archive(most.clone()).await;
+        let sources: Vec<AptSource> = ["bookworm", "bookworm-updates", "gone"]
+            .iter()
+            .map(|suite| AptSource {
+                uri: uri.clone(),
+                suite: suite.to_string(),
+            })
+            .collect();
+        let state = archive_state(&sources).await;
+        assert_eq!(state.len(), 3);
+        let get = |suite: &str| state[&format!("apt:{uri} {suite}")].clone();
+        // The fake answers with the request line, so the digests differ.
+        assert!(get("bookworm").starts_with("sha256:"));
+        assert_ne!(get("bookworm"), get("bookworm-updates"));
+        assert_eq!(get("gone"), "unavailable");
+        assert!(
+            most.load(Ordering::SeqCst) >= 2,
+            "the suites were fetched one after the other"
+        );
+    }
 }
