@@ -69,12 +69,16 @@ pub fn set_name_in_layout(layout: &Path, name: &str, desc: &Descriptor) -> Resul
             annotations: BTreeMap::new(),
         }
     };
-    index
-        .manifests
-        .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(name));
     let mut desc = desc.clone();
     desc.annotations
         .insert(REF_NAME.to_string(), name.to_string());
+    // Already so (a no-op build names the same image again): nothing to write.
+    if index.manifests.contains(&desc) {
+        return Ok(());
+    }
+    index
+        .manifests
+        .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(name));
     index.manifests.push(desc);
     let bytes = serde_json::to_vec_pretty(&index).expect("an index always serialises");
     write_atomic(layout, &path, &bytes)?;
@@ -96,6 +100,13 @@ mod tests {
         s.set_name("other", &a).unwrap();
         s.set_name("base:1", &b).unwrap();
         assert_eq!(s.lookup_name("base:1").unwrap().unwrap().digest, b.digest);
+        // The same name for the same image again leaves index.json alone.
+        let index = s.root().join("index.json");
+        let before = fs_err::read(&index).unwrap();
+        s.set_name("other", &a).unwrap();
+        assert_eq!(fs_err::read(&index).unwrap(), before);
+        let names = read_index(&index).unwrap().manifests.len();
+        assert_eq!(names, 2);
         assert_eq!(s.lookup_name("other").unwrap().unwrap().digest, a.digest);
         assert!(s.lookup_name("nope").unwrap().is_none());
     }

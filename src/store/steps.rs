@@ -98,6 +98,12 @@ impl Store {
             .join("steps-v1")
             .join(format!("note-{}.json", name.hex()));
         let bytes = serde_json::to_vec_pretty(value).expect("JSON values serialise");
+        // A no-op build writes the same note again: mark it used instead of
+        // paying for two fsyncs.
+        if fs_err::read(&path).is_ok_and(|old| old == bytes) {
+            super::prune::touch(&path);
+            return Ok(());
+        }
         write_atomic(self.root(), &path, &bytes)?;
         Ok(())
     }
