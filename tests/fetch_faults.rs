@@ -46,6 +46,7 @@ fn lock_of(packages: Vec<LockedPackage>) -> Lockfile {
         vec![LockedStep {
             index: 1,
             instruction: "INSTALL test".into(),
+            replayed: String::new(),
             packages,
         }],
     )

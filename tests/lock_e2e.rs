@@ -233,6 +233,26 @@ fn copy_and_run_steps_before_an_install_are_carried_out_while_locking() {
     assert!(names(&lock, 0).contains(&"sl".to_string()));
     assert_eq!(names(&lock, 1), ["hello"]);
 
+    // The copied pin changes: the lock no longer matches (CI's check says
+    // which step), and `lock` resolves that step again.
+    let bf = env.path("ctx/Buildfile");
+    let b = bf.to_str().unwrap();
+    env.ok(&["lock", "--check", "-f", b]);
+    fs_err::write(
+        env.path("ctx/no-hello"),
+        format!("# no hello here\n{NO_HELLO}"),
+    )
+    .unwrap();
+    let out = env.run(&["lock", "--check", "-f", b]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{b}:4")) && err.contains("changed since locking"),
+        "names the INSTALL after the COPY: {err}"
+    );
+    env.ok(&["lock", "-f", b]);
+    env.ok(&["lock", "--check", "-f", b]);
+
     // A replayed step that fails is named, with what it printed.
     let bf = env.path("ctx/Buildfile");
     fs_err::write(

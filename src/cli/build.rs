@@ -186,6 +186,14 @@ pub(crate) async fn make_locked_plan(
                 .with_hint(format!("run `tplbuild lock -f {}`", a.file.display())),
         )
     })?;
+    // The locked packages still install as they are (that is what a lock
+    // is for), but they were resolved on another state: say so.
+    for drift in lock.replay_drift(&plan) {
+        tracing::warn!(
+            "{drift}; the locked packages are used as they are (run `tplbuild lock -f {}` to resolve them again)",
+            a.file.display()
+        );
+    }
     Ok(plan.with_lock(lock))
 }
 

@@ -87,12 +87,18 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
                     .into(),
             );
         };
-        lock.matches(&plan).map_err(|drift| {
-            anyhow::Error::new(Failure::failed(drift.to_string()).with_hint(
-                "an apt step was added, removed or changed since locking; \
-                 `tplbuild lock` re-resolves only what changed",
-            ))
-        })?;
+        let drift = lock
+            .matches(&plan)
+            .err()
+            .or_else(|| lock.replay_drift(&plan).into_iter().next());
+        if let Some(drift) = drift {
+            return Err(Failure::failed(drift.to_string())
+                .with_hint(
+                    "an apt step, or a COPY or RUN before one, changed since locking; \
+                     `tplbuild lock` re-resolves only what changed",
+                )
+                .into());
+        }
         println!("{} matches {}", path.display(), a.bf.file.display());
         return Ok(());
     }

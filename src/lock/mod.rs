@@ -121,6 +121,11 @@ pub struct LockedStep {
     pub index: usize,
     /// The instruction as the plan shows it (`INSTALL hello`).
     pub instruction: String,
+    /// sha256 over the COPY and RUN steps carried out before this step
+    /// while locking (their definitions and the files COPY read); empty
+    /// when there were none. When it changes, the step is resolved again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replayed: String,
     /// Sorted by name, then architecture.
     #[serde(default, rename = "package")]
     pub packages: Vec<LockedPackage>,
@@ -260,6 +265,48 @@ impl Lockfile {
         }
         Ok(())
     }
+}
+
+impl Lockfile {
+    /// The apt steps whose earlier COPY and RUN steps changed since they
+    /// were locked (their packages were resolved on another state).
+    pub fn replay_drift(&self, plan: &Plan) -> Vec<LockDrift> {
+        let file = plan.buildfile.path.display().to_string();
+        apt_steps(plan)
+            .into_iter()
+            .filter_map(|(index, step)| {
+                let locked = self.for_step(index)?;
+                (locked.instruction == step.text && locked.replayed != replayed_digest(plan, step))
+                    .then(|| LockDrift {
+                        location: format!("{file}:{}", step.span.line),
+                        what: format!(
+                            "a COPY or RUN step before `{}` (or a file it copies) changed since locking",
+                            step.text
+                        ),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The [`LockedStep::replayed`] digest of apt step `step` in `plan`: over
+/// the definitions and inputs of every COPY and RUN step before it.
+pub fn replayed_digest(plan: &Plan, step: &Step) -> String {
+    replayed_digest_of(&plan.steps, step.number)
+}
+
+/// [`replayed_digest`] over `steps`, for the step numbered `number`.
+pub fn replayed_digest_of(steps: &[Step], number: usize) -> String {
+    let before: Vec<serde_json::Value> = steps
+        .iter()
+        .take_while(|s| s.number != number)
+        .filter(|s| !s.kind.uses_apt())
+        .map(|s| serde_json::json!({"definition": s.definition, "inputs": s.inputs}))
+        .collect();
+    if before.is_empty() {
+        return String::new();
+    }
+    Digest::of(&serde_json::to_vec(&before).expect("JSON values serialise")).to_string()
 }
 
 /// The plan's INSTALL/REMOVE steps with their 0-based index among them.

@@ -87,6 +87,7 @@ fn steps_to_resolve(steps: &[Step]) -> &[Step] {
 /// The apt requests for a plan's `steps`, pinned by `previous`, each with
 /// the COPY and RUN steps that come before it.
 pub fn requests(steps: &[Step], previous: Option<&Lockfile>, update: &Update) -> Vec<AptRequest> {
+    let all = steps;
     let steps = steps_to_resolve(steps);
     let apt_total = steps.iter().filter(|s| s.kind.uses_apt()).count();
     let mut out: Vec<AptRequest> = vec![];
@@ -115,9 +116,13 @@ pub fn requests(steps: &[Step], previous: Option<&Lockfile>, update: &Update) ->
             }
         };
         let index = out.len();
-        let old = previous
-            .and_then(|p| p.for_step(index))
-            .filter(|s| s.instruction == step.text && install);
+        // A step keeps its versions while it and what comes before it are
+        // unchanged.
+        let old = previous.and_then(|p| p.for_step(index)).filter(|s| {
+            s.instruction == step.text
+                && install
+                && s.replayed == super::replayed_digest_of(all, step.number)
+        });
         let mut args = vec![];
         let mut pinned = std::collections::BTreeSet::new();
         if let Some(old) = old {
@@ -271,6 +276,7 @@ pub async fn resolve(
         .map(|(index, step)| LockedStep {
             index: *index,
             instruction: step.text.clone(),
+            replayed: super::replayed_digest(plan, step),
             packages: out.steps.get(index).cloned().unwrap_or_default(),
         })
         .collect();
@@ -365,20 +371,23 @@ mod tests {
     use crate::lock::LockedPackage;
 
     fn step(number: usize, kind: StepKind) -> Step {
+        let text = match &kind {
+            StepKind::Install { packages, .. } => format!("INSTALL {}", packages.join(" ")),
+            StepKind::Remove { packages } => format!("REMOVE {}", packages.join(" ")),
+            StepKind::Run { script } => format!("RUN {script}"),
+            StepKind::Copy { sources, dest, .. } => {
+                format!("COPY {} {dest}", sources.join(" "))
+            }
+        };
         Step {
             number,
             span: Default::default(),
-            text: match &kind {
-                StepKind::Install { packages, .. } => format!("INSTALL {}", packages.join(" ")),
-                StepKind::Remove { packages } => format!("REMOVE {}", packages.join(" ")),
-                StepKind::Run { script } => format!("RUN {script}"),
-                StepKind::Copy { sources, dest, .. } => {
-                    format!("COPY {} {dest}", sources.join(" "))
-                }
-            },
+            // The plan's definition is the instruction's canonical JSON;
+            // its text stands in for it here.
+            definition: serde_json::json!({ "text": text }),
+            text,
             kind,
             env: BTreeMap::from([("N".to_string(), number.to_string())]),
-            definition: serde_json::Value::Null,
             inputs: BTreeMap::new(),
         }
     }
@@ -472,6 +481,7 @@ mod tests {
             vec![crate::lock::LockedStep {
                 index: 0,
                 instruction: "INSTALL hello".into(),
+                replayed: crate::lock::replayed_digest_of(&steps, 2),
                 packages: vec![LockedPackage {
                     name: "hello".into(),
                     version: "2.10-3".into(),
@@ -487,6 +497,31 @@ mod tests {
         assert_eq!(r[0].args, ["hello=2.10-3"]);
         let r = requests(&steps, Some(&lock), &Update::All);
         assert_eq!(r[0].args, ["hello"]);
+        // The RUN before it changed: the step is resolved afresh.
+        let changed = [run(1, "echo other"), install(2, "hello")];
+        let r = requests(&changed, Some(&lock), &Update::Nothing);
+        assert_eq!(r[0].args, ["hello"]);
+    }
+
+    #[test]
+    fn the_replayed_digest_covers_only_the_copy_and_run_steps_before() {
+        let steps = [
+            install(1, "sl"),
+            run(2, "true"),
+            install(3, "hello"),
+            run(4, "after"),
+        ];
+        assert_eq!(crate::lock::replayed_digest_of(&steps, 1), "");
+        let d = crate::lock::replayed_digest_of(&steps, 3);
+        assert!(d.starts_with("sha256:"), "{d}");
+        // A step after it, or another apt step's packages, change nothing.
+        let mut later = steps.clone();
+        later[3] = run(4, "something else");
+        later[0] = install(1, "curl");
+        assert_eq!(crate::lock::replayed_digest_of(&later, 3), d);
+        let mut before = steps.clone();
+        before[1] = run(2, "false");
+        assert_ne!(crate::lock::replayed_digest_of(&before, 3), d);
     }
 
     #[test]

@@ -24,6 +24,7 @@ fn sample(packages: Vec<LockedPackage>) -> Lockfile {
         vec![LockedStep {
             index: 0,
             instruction: "INSTALL hello zlib1g".into(),
+            replayed: String::new(),
             packages,
         }],
     )
@@ -40,6 +41,7 @@ fn toml_round_trip_keeps_every_field() {
     lock.steps.push(LockedStep {
         index: 1,
         instruction: "REMOVE vim-tiny".into(),
+        replayed: String::new(),
         packages: vec![removed],
     });
     let text = lock.to_toml().unwrap();
@@ -117,6 +119,7 @@ fn debs_lists_each_deb_once_across_steps() {
     lock.steps.push(LockedStep {
         index: 1,
         instruction: "INSTALL hello".into(),
+        replayed: String::new(),
         packages: vec![pkg("hello", "1", 'a'), pkg("other", "1", 'b')],
     });
     let names: Vec<_> = lock.debs().iter().map(|p| p.name.as_str()).collect();
@@ -134,6 +137,7 @@ fn deb_paths_names_stored_debs_by_their_file_name() {
     let step = LockedStep {
         index: 0,
         instruction: "INSTALL hello".into(),
+        replayed: String::new(),
         packages: vec![p, pkg("absent", "1", 'f')],
     };
     let paths = deb_paths(&store, &step);
