@@ -165,6 +165,38 @@ fn a_buildfile_changed_after_locking_is_an_error_with_the_fix() {
 }
 
 #[test]
+fn a_copy_before_a_locked_step_that_changed_is_a_warning_and_the_lock_still_holds() {
+    if !testbed("lock replay drift") {
+        return;
+    }
+    let env = Env::new();
+    let f = setup(&env);
+    let dir = env.path("bf");
+    fs_err::write(dir.join("motd"), "first\n").unwrap();
+    let text = fs_err::read_to_string(&f).unwrap().replace(
+        "INSTALL openssh-client",
+        "COPY motd /etc/motd\nINSTALL openssh-client",
+    );
+    fs_err::write(&f, text).unwrap();
+    env.ok(&["lock", "-f", &f]);
+    let lock = fs_err::read_to_string(format!("{f}.lock")).unwrap();
+    assert!(lock.contains("replayed = \"sha256:"), "{lock}");
+    env.ok(&["fetch", "-f", &f]);
+
+    // The copied file changes: the build says the lock was resolved on
+    // another state, and installs the locked packages all the same.
+    fs_err::write(dir.join("motd"), "second\n").unwrap();
+    let out = env.run(&["build", "-f", &f, "--engine", "docker", "--offline"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Buildfile:3") && err.contains("changed since locking"),
+        "{err}"
+    );
+    assert_eq!(fs_err::read_to_string(format!("{f}.lock")).unwrap(), lock);
+}
+
+#[test]
 fn an_air_gapped_machine_builds_from_a_bundle_offline() {
     if !testbed("bundle") {
         return;
