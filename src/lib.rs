@@ -22,4 +22,5 @@ pub mod progress;
 pub mod registry;
 pub mod store;
 pub mod template;
+pub mod tls;
 pub mod transfer;

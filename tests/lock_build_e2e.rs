@@ -250,6 +250,13 @@ fn an_air_gapped_machine_builds_from_a_bundle_offline() {
     assert!(listing
         .lines()
         .any(|l| l.trim_start_matches("./") == "airgap"));
+
+    // A prune of the bundle is refused: it is what the offline machine has.
+    let out = offline(&["prune", "--all"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a bundle"));
+    let out = offline(&["prune", "--all", "--force", "--dry-run"]);
+    assert!(out.status.success());
 }
 
 #[test]

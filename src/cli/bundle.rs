@@ -73,6 +73,11 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
     }
 
     let out = Store::open(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // Marks the store as a bundle: `tplbuild prune` leaves it alone.
+    fs_err::write(
+        out.root().join(crate::store::BUNDLE_MARKER),
+        "made by `tplbuild bundle`: an offline machine builds from what is here, so `tplbuild prune` refuses to touch it without --force\n",
+    )?;
     let mut blobs: Vec<crate::oci::Digest> = vec![
         base.image.digest(),
         base.image.manifest.config.digest.clone(),

@@ -32,6 +32,9 @@ pub struct PruneArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Prune a store that `tplbuild bundle` made, too.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn prune_cmd(global: &GlobalArgs, a: PruneArgs) -> anyhow::Result<()> {
@@ -51,6 +54,14 @@ pub fn prune_cmd(global: &GlobalArgs, a: PruneArgs) -> anyhow::Result<()> {
         );
     })
     .map_err(|e| anyhow::anyhow!(e).context(format!("opening the store at {}", home.display())))?;
+    if store.root().join(crate::store::BUNDLE_MARKER).exists() && !a.force {
+        return Err(Failure::bad_input(format!(
+            "{} is a bundle made by `tplbuild bundle`: its steps and .debs are what an offline machine builds from, and pruning could remove them",
+            home.display()
+        ))
+        .with_hint("pass --force to prune it all the same")
+        .into());
+    }
     let r = store.prune(age, a.dry_run)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

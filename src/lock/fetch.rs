@@ -164,10 +164,8 @@ pub async fn fetch(
                 .collect(),
         });
     }
-    // The system's CA certificates only when some archive is HTTPS.
-    let https = todo.iter().any(|p| !p.uri.starts_with("http://"));
-    let client = reqwest::Client::builder()
-        .tls_built_in_native_certs(https)
+    // The system's CA certificates load only if an archive is HTTPS.
+    let client = crate::tls::client_builder(vec![])
         .connect_timeout(std::time::Duration::from_secs(30))
         // A body that stalls this long is a failure to retry, not a wait.
         .read_timeout(std::time::Duration::from_secs(60))

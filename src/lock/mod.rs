@@ -276,7 +276,11 @@ impl Lockfile {
             .into_iter()
             .filter_map(|(index, step)| {
                 let locked = self.for_step(index)?;
-                (locked.instruction == step.text && locked.replayed != replayed_digest(plan, step))
+                // An empty digest is a lock written before digests were
+                // kept: accepted, and filled in by the next `tplbuild lock`.
+                (locked.instruction == step.text
+                    && !locked.replayed.is_empty()
+                    && locked.replayed != replayed_digest(plan, step))
                     .then(|| LockDrift {
                         location: format!("{file}:{}", step.span.line),
                         what: format!(
@@ -301,12 +305,15 @@ pub fn replayed_digest_of(steps: &[Step], number: usize) -> String {
         .iter()
         .take_while(|s| s.number != number)
         .filter(|s| !s.kind.uses_apt())
-        .map(|s| serde_json::json!({"definition": s.definition, "inputs": s.inputs}))
+        .map(|s| serde_json::json!({"definition": s.definition, "env": s.env, "inputs": s.inputs}))
         .collect();
     if before.is_empty() {
         return String::new();
     }
-    Digest::of(&serde_json::to_vec(&before).expect("JSON values serialise")).to_string()
+    // Canonical (sorted keys) as the step keys are, so it is the same on
+    // every machine and in every version that builds the same JSON.
+    let canonical = crate::plan::key::sort_value(&serde_json::Value::Array(before));
+    Digest::of(&serde_json::to_vec(&canonical).expect("JSON values serialise")).to_string()
 }
 
 /// The plan's INSTALL/REMOVE steps with their 0-based index among them.

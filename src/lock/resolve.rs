@@ -121,7 +121,8 @@ pub fn requests(steps: &[Step], previous: Option<&Lockfile>, update: &Update) ->
         let old = previous.and_then(|p| p.for_step(index)).filter(|s| {
             s.instruction == step.text
                 && install
-                && s.replayed == super::replayed_digest_of(all, step.number)
+                && (s.replayed.is_empty()
+                    || s.replayed == super::replayed_digest_of(all, step.number))
         });
         let mut args = vec![];
         let mut pinned = std::collections::BTreeSet::new();

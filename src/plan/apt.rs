@@ -108,7 +108,7 @@ pub fn sources_in_image(store: &Store, image: &Image) -> std::io::Result<Vec<Apt
 /// The suites are asked at once: a no-op build waits for one round trip,
 /// not one per suite.
 pub async fn archive_state(sources: &[AptSource]) -> BTreeMap<String, String> {
-    let client = http_client(sources.iter().map(|s| s.uri.as_str()));
+    let client = http_client();
     let fetches = sources.iter().map(|s| {
         let client = &client;
         async move {
@@ -130,15 +130,10 @@ pub async fn archive_state(sources: &[AptSource]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A client for an apt archive. Loading the system's CA certificates
-/// costs a few milliseconds of a no-op build, so it is skipped when every
-/// URI is plain HTTP (Debian's archives usually are: apt checks the signed
-/// InRelease, not the transport).
-fn http_client<'a>(uris: impl IntoIterator<Item = &'a str>) -> reqwest::Result<reqwest::Client> {
-    let https = uris.into_iter().any(|u| !u.starts_with("http://"));
-    reqwest::Client::builder()
+/// A client for an apt archive (CA certificates load only if it is HTTPS).
+fn http_client() -> reqwest::Result<reqwest::Client> {
+    crate::tls::client_builder(vec![])
         .timeout(std::time::Duration::from_secs(30))
-        .tls_built_in_native_certs(https)
         .build()
 }
 
@@ -219,5 +214,19 @@ mod tests {
             most.load(Ordering::SeqCst) >= 2,
             "the suites were fetched one after the other"
         );
+    }
+
+    /// The system's CA certificates load on the first handshake: an HTTPS
+    /// archive is verified with them (Debian's archive over HTTPS, which
+    /// the test machines reach).
+    #[tokio::test]
+    async fn an_https_archive_is_verified_with_the_system_roots() {
+        let sources = [AptSource {
+            uri: "https://deb.debian.org/debian".into(),
+            suite: "bookworm".into(),
+        }];
+        let state = archive_state(&sources).await;
+        let v = &state["apt:https://deb.debian.org/debian bookworm"];
+        assert!(v.starts_with("sha256:"), "{v}");
     }
 }

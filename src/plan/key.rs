@@ -70,7 +70,7 @@ fn sorted(m: &BTreeMap<String, String>) -> Value {
 
 /// Rebuild objects with sorted keys (serde_json's map keeps insertion order
 /// in this crate's configuration).
-fn sort_value(v: &Value) -> Value {
+pub fn sort_value(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
             let sorted: BTreeMap<&String, Value> =

@@ -136,7 +136,7 @@ impl std::fmt::Debug for Auth {
 
 /// What the transport needs to fetch a token.
 pub struct TokenFetch<'a> {
-    pub http: &'a super::client::Http,
+    pub http: &'a reqwest::Client,
     /// Whether a `host:port` may be reached over plain HTTP.
     pub insecure: &'a dyn Fn(&str) -> bool,
     pub context: &'a str,
@@ -349,19 +349,18 @@ impl Auth {
                 form.push(("grant_type", "refresh_token"));
                 form.push(("client_id", "tplbuild"));
                 form.push(("refresh_token", refresh.expose()));
-                fetch.http.for_url(&url)?.post(url.clone()).form(&form)
+                fetch.http.post(url.clone()).form(&form)
             }
             Some(Credential::Basic { username, password }) => {
                 let mut value = basic_value(username, password);
                 value.set_sensitive(true);
                 fetch
                     .http
-                    .for_url(&url)?
                     .get(url.clone())
                     .query(&query)
                     .header(reqwest::header::AUTHORIZATION, value)
             }
-            None => fetch.http.for_url(&url)?.get(url.clone()).query(&query),
+            None => fetch.http.get(url.clone()).query(&query),
         };
         tracing::debug!(registry, realm = %realm, scopes = ?all_scopes, with_credentials, "fetching token");
         let resp = req.send().await.map_err(|source| RegistryError::Connect {

@@ -52,7 +52,7 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
-    pub(crate) http: Http,
+    pub(crate) http: reqwest::Client,
     pub(crate) settings: RegistrySettings,
     pub(crate) auth: Auth,
     pub(crate) retry: RetryPolicy,
@@ -63,57 +63,6 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
-    }
-}
-
-/// The HTTP clients of a registry client: one for plain HTTP, made at
-/// once, and one for HTTPS, made on first use. Loading the system's CA
-/// certificates costs a few milliseconds that a no-op build against a
-/// loopback (plain HTTP) registry never needs.
-pub(crate) struct Http {
-    plain: reqwest::Client,
-    /// Extra CA certificates from the settings and `TPLBUILD_CA_FILE`.
-    roots: Vec<reqwest::Certificate>,
-    tls: std::sync::Mutex<Option<reqwest::Client>>,
-}
-
-impl Http {
-    fn builder() -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            .user_agent(concat!("tplbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(30))
-            .read_timeout(std::time::Duration::from_secs(120))
-    }
-
-    fn new(roots: Vec<reqwest::Certificate>) -> Result<Self, RegistryError> {
-        let plain = Self::builder()
-            .tls_built_in_native_certs(false)
-            .build()
-            .map_err(RegistryError::ClientSetup)?;
-        Ok(Http {
-            plain,
-            roots,
-            tls: Default::default(),
-        })
-    }
-
-    /// The client for `url`: the plain one for `http://`, else the TLS one
-    /// (made now if this is the first HTTPS request).
-    pub(crate) fn for_url(&self, url: &Url) -> Result<reqwest::Client, RegistryError> {
-        if url.scheme() == "http" {
-            return Ok(self.plain.clone());
-        }
-        let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = &*tls {
-            return Ok(c.clone());
-        }
-        let mut b = Self::builder();
-        for c in &self.roots {
-            b = b.add_root_certificate(c.clone());
-        }
-        let c = b.build().map_err(RegistryError::ClientSetup)?;
-        *tls = Some(c.clone());
-        Ok(c)
     }
 }
 
@@ -136,15 +85,20 @@ impl Client {
         let mut roots = vec![];
         for path in settings.ca_files.iter().cloned().chain(env_ca) {
             let pem = fs_err::read(&path).map_err(RegistryError::Io)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
-                RegistryError::CaFile {
+            let certs =
+                crate::tls::pem_certificates(&pem).map_err(|reason| RegistryError::CaFile {
                     path: path.clone(),
-                    source,
-                }
-            })?;
+                    reason,
+                })?;
             roots.extend(certs);
         }
-        let http = Http::new(roots)?;
+        // The system's CA certificates load on the first TLS handshake only.
+        let http = crate::tls::client_builder(roots)
+            .user_agent(concat!("tplbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(RegistryError::ClientSetup)?;
         let retry = RetryPolicy::new(settings.max_retries);
         Ok(Client {
             inner: Arc::new(Inner {

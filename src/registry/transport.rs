@@ -164,7 +164,6 @@ impl Client {
         let mut b = self
             .inner
             .http
-            .for_url(&req.url)?
             .request(req.method.clone(), req.url.clone())
             .headers(req.headers.clone());
         if let Some(a) = auth {

@@ -72,8 +72,13 @@ pub fn set_name_in_layout(layout: &Path, name: &str, desc: &Descriptor) -> Resul
     let mut desc = desc.clone();
     desc.annotations
         .insert(REF_NAME.to_string(), name.to_string());
-    // Already so (a no-op build names the same image again): nothing to write.
-    if index.manifests.contains(&desc) {
+    // Already so, once (a no-op build names the same image again): nothing
+    // to write.
+    let mut named = index
+        .manifests
+        .iter()
+        .filter(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(name));
+    if named.next() == Some(&desc) && named.next().is_none() {
         return Ok(());
     }
     index

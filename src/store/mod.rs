@@ -36,6 +36,9 @@ pub use steps::StepRecord;
 
 use crate::oci::{Digest, DigestError};
 
+/// A file in a store that `tplbuild bundle` made (see `tplbuild prune`).
+pub const BUNDLE_MARKER: &str = "bundle";
+
 /// The name of the store folder; bump the suffix when the format changes.
 pub const STORE_DIR: &str = "store-v1";
 
@@ -90,7 +93,12 @@ impl Store {
     /// Open (creating if needed) the store under `home`, shared with other
     /// processes. Waits while a prune holds it.
     pub fn open(home: &Path) -> Result<Self, StoreError> {
-        Self::open_with(home, rustix::fs::FlockOperation::LockShared, || {})
+        Self::open_with(home, rustix::fs::FlockOperation::LockShared, || {
+            eprintln!(
+                "waiting for the tplbuild prune of {} to finish …",
+                home.display()
+            )
+        })
     }
 
     /// Open the store under `home` for this process alone (for a prune);
@@ -106,9 +114,12 @@ impl Store {
         on_wait: impl FnOnce(),
     ) -> Result<Self, StoreError> {
         let root = Self::create(home)?;
+        // Read and write: NFS turns a shared flock into a read lock, which
+        // needs a readable descriptor.
         let users = fs_err::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(root.join("users.lock"))?;
         let nonblocking = match how {
@@ -117,9 +128,13 @@ impl Store {
             }
             _ => rustix::fs::FlockOperation::NonBlockingLockExclusive,
         };
-        if rustix::fs::flock(&users, nonblocking).is_err() {
-            on_wait();
-            rustix::fs::flock(&users, how).map_err(std::io::Error::from)?;
+        match rustix::fs::flock(&users, nonblocking) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                on_wait();
+                rustix::fs::flock(&users, how).map_err(std::io::Error::from)?;
+            }
+            Err(e) => return Err(std::io::Error::from(e).into()),
         }
         Ok(Store {
             root,

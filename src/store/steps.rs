@@ -88,7 +88,8 @@ impl Store {
             .root()
             .join("steps-v1")
             .join(format!("note-{}.json", name.hex()));
-        let bytes = fs_err::read(path).ok()?;
+        let bytes = fs_err::read(&path).ok()?;
+        super::prune::touch(&path);
         serde_json::from_slice(&bytes).ok()
     }
 
