@@ -160,3 +160,72 @@ fn cache_to_a_tag_holding_an_image_is_refused() {
     assert!(stderr.contains("holds something else"), "{stderr}");
     assert_eq!(raw_manifest(&image), before, "the image is untouched");
 }
+
+/// Several lockfiles pushing their .debs to one tag at once lose none: each
+/// writer re-reads after its PUT, and again a little later, and merges
+/// again if its .debs are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushes_to_one_tag_lose_no_deb() {
+    if !testbed("concurrent .deb pushes") {
+        return;
+    }
+    use tplbuild::lock::{LockedPackage, LockedStep};
+    use tplbuild::oci::{Digest, Reference};
+    use tplbuild::registry::{Client, RegistrySettings};
+
+    let tag = fresh_tag("writers");
+    let reference = Reference::parse(&tag).unwrap();
+    let mut settings = RegistrySettings::default();
+    settings.insecure.push(REGISTRY.to_string());
+    let client = Client::new(settings).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let store = tplbuild::store::Store::open(home.path()).unwrap();
+
+    // Six writers with three made-up .debs each.
+    let mut locks = vec![];
+    let mut all = std::collections::BTreeSet::new();
+    for w in 0..6 {
+        let mut packages = vec![];
+        for i in 0..3 {
+            let bytes = format!("writer {w} deb {i} {tag}").into_bytes();
+            let digest = store.put_bytes(&bytes).unwrap();
+            all.insert(digest.clone());
+            packages.push(LockedPackage {
+                name: format!("pkg{w}-{i}"),
+                version: "1.0".into(),
+                architecture: "amd64".into(),
+                filename: format!("pool/main/p/pkg{w}-{i}_1.0_amd64.deb"),
+                sha256: digest.hex().to_string(),
+                size: bytes.len() as u64,
+                uri: "http://deb.debian.org/debian".into(),
+            });
+        }
+        locks.push(Lockfile::new(
+            vec![],
+            vec![LockedStep {
+                index: 0,
+                instruction: format!("INSTALL writer{w}"),
+                replayed: String::new(),
+                packages,
+            }],
+        ));
+    }
+    let pushes = locks.iter().map(|lock| {
+        let (client, store, reference) = (&client, &store, &reference);
+        async move {
+            tplbuild::lock::artifact::push_debs(client, store, reference, lock)
+                .await
+                .unwrap()
+        }
+    });
+    futures_util::future::join_all(pushes).await;
+
+    let listed: std::collections::BTreeSet<Digest> = raw_manifest(&tag)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| Digest::parse(l["digest"].as_str().unwrap()).unwrap())
+        .collect();
+    let lost: Vec<_> = all.difference(&listed).collect();
+    assert!(lost.is_empty(), "lost .debs: {lost:?}");
+}

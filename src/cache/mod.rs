@@ -71,6 +71,7 @@ mod push;
 mod remote;
 
 pub use index::{CacheEntry, EMPTY_MEDIA_TYPE, INDEX_MEDIA_TYPE, INDEX_VERSION, MAX_INDEX_BYTES};
+pub(crate) use push::{backoff, settle_delay};
 pub use push::{push, push_from, PushReport, MAX_RETRIES};
 pub use remote::RemoteCache;
 

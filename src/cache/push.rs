@@ -368,14 +368,14 @@ async fn missing_layers(
 }
 
 /// Random, growing: two writers that collided should not collide again.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = 50u64 << attempt.min(5);
     Duration::from_millis(rand::thread_rng().gen_range(base / 2..=base * 2))
 }
 
 /// How long to wait before the second check: several of our own round
 /// trips, since a racing writer's read-to-write gap is about one.
-fn settle_delay(round_trip: Duration) -> Duration {
+pub(crate) fn settle_delay(round_trip: Duration) -> Duration {
     let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..=50));
     (round_trip * 4).clamp(Duration::from_millis(50), Duration::from_secs(2)) + jitter
 }

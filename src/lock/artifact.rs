@@ -35,7 +35,7 @@ pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
 const EMPTY_JSON: &[u8] = b"{}";
 /// A writer that read before our PUT may overwrite it; re-read and re-merge
 /// at most this many times.
-const MAX_ATTEMPTS: usize = 4;
+const MAX_ATTEMPTS: usize = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -241,7 +241,10 @@ pub async fn push_debs(
         .map_err(registry(format!("pushing the empty config to {reference}")))?;
 
     let mut warnings = vec![];
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(crate::cache::backoff(attempt as u32)).await;
+        }
         let theirs = match read_listing(client, reference).await? {
             Listing::Absent => vec![],
             Listing::Debs(d) => d,
@@ -264,29 +267,49 @@ pub async fn push_debs(
             Listing::Debs(d) => d.len(),
             _ => unreachable!("our own manifest decodes as a .deb listing"),
         };
+        let started = std::time::Instant::now();
         let manifest = client
             .put_manifest(reference, &bytes, MediaType::OCI_MANIFEST)
             .await
             .map_err(registry(format!(
                 "pushing the .deb cache manifest {reference}"
             )))?;
-        // Another writer may have PUT between our read and our write:
-        // check that ours are all there, else merge again.
-        if let Listing::Debs(now) = read_listing(client, reference).await? {
-            let now: std::collections::BTreeSet<_> = now.into_iter().map(|d| d.digest).collect();
-            if ours.iter().all(|d| now.contains(&d.digest)) {
-                return Ok(PushReport {
-                    debs: ours.len(),
-                    kept,
-                    total,
-                    manifest,
-                    warnings,
-                });
-            }
+        let round_trip = started.elapsed();
+        // Another writer may have PUT between our read and our write, or
+        // may still write what it read before our PUT: check that ours are
+        // all there now and again a little later, else merge again (as the
+        // step cache does, src/cache/push.rs).
+        if !holds_all(client, reference, &ours).await? {
+            continue;
+        }
+        tokio::time::sleep(crate::cache::settle_delay(round_trip)).await;
+        if holds_all(client, reference, &ours).await? {
+            return Ok(PushReport {
+                debs: ours.len(),
+                kept,
+                total,
+                manifest,
+                warnings,
+            });
         }
     }
     Err(ArtifactError::Contended {
         reference: reference.to_string(),
+    })
+}
+
+/// Whether the artifact at `reference` lists every one of `ours`.
+async fn holds_all(
+    client: &Client,
+    reference: &Reference,
+    ours: &[Descriptor],
+) -> Result<bool, ArtifactError> {
+    Ok(match read_listing(client, reference).await? {
+        Listing::Debs(now) => {
+            let now: std::collections::BTreeSet<_> = now.into_iter().map(|d| d.digest).collect();
+            ours.iter().all(|d| now.contains(&d.digest))
+        }
+        _ => false,
     })
 }
 
