@@ -30,20 +30,7 @@ bench_engines_up docker podman
 # platform/base:1 is re-imported by other people's test runs (with their
 # branch's binary, so not always the same digest), which would change the
 # template between two runs of this script.
-BASE="${BENCH_BASE:-$REG/bench/base:1}"
-BUILDFILE="$BENCH_REPO/buildfiles/gateway/Buildfile"
-TPL=("$TPLBUILD" --insecure-registry "$REG")
-
-bench_log "publishing the template $BASE (not timed)"
-rm -rf "${WORK:?}/home-import"
-TPLBUILD_HOME="$WORK/home-import" "${TPL[@]}" template import "$TPLBUILD_TEST_ROOTFS_TAR" "$BASE" >"$WORK/logs/import.log" 2>&1 \
-  || { tail -20 "$WORK/logs/import.log" >&2; exit 1; }
-rm -rf "${WORK:?}/home-import"
-
-# buildfiles/gateway as a Dockerfile, twice: as the brief wrote it, and
-# cleaning apt's files like tplbuild does (see gateway_dockerfiles in lib.sh).
-CTX="$WORK/gateway-docker"
-gateway_dockerfiles "$CTX" "$BASE"
+bench_gateway_setup
 
 # Remove by tag, never by force: in shared mode other tags of the same image
 # stay. The private engines are all ours, so there we prune everything.

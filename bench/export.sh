@@ -29,20 +29,7 @@ bench_setup export
 bench_engines_up docker
 
 # A tag of the benchmark's own, as in bench/build.sh.
-BASE="${BENCH_BASE:-$REG/bench/base:1}"
-BUILDFILE="$BENCH_REPO/buildfiles/gateway/Buildfile"
-TPL=("$TPLBUILD" --insecure-registry "$REG")
-
-bench_log "publishing the template $BASE (not timed)"
-rm -rf "${WORK:?}/home-import"
-TPLBUILD_HOME="$WORK/home-import" "${TPL[@]}" template import "$TPLBUILD_TEST_ROOTFS_TAR" "$BASE" >"$WORK/logs/import.log" 2>&1 \
-  || { tail -20 "$WORK/logs/import.log" >&2; exit 1; }
-rm -rf "${WORK:?}/home-import"
-
-# buildfiles/gateway as a Dockerfile, twice: as the brief wrote it, and
-# cleaning apt's files like tplbuild does (see gateway_dockerfiles in lib.sh).
-CTX="$WORK/gateway-docker"
-gateway_dockerfiles "$CTX" "$BASE"
+bench_gateway_setup
 
 TPL_BUILD=("${TPL[@]}" build -f "$BUILDFILE" --build-arg "BASE=$BASE" --engine docker --progress plain)
 

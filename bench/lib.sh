@@ -266,3 +266,20 @@ step_times() {
     /^#[0-9]+ DONE [0-9.]+s$/ && ($1 in name) { line = line sprintf(" %s %s", name[$1], $3); delete name[$1] }
     END { if (line != "") print line }' "$@"
 }
+
+# bench_gateway_setup: set BASE, BUILDFILE, TPL and CTX; publish the
+# template to BASE (not timed) and write buildfiles/gateway as Dockerfiles
+# in CTX, twice: as the brief wrote it, and cleaning apt's files like
+# tplbuild does (see gateway_dockerfiles).
+bench_gateway_setup() {
+  BASE="${BENCH_BASE:-$REG/bench/base:1}"
+  BUILDFILE="$BENCH_REPO/buildfiles/gateway/Buildfile"
+  TPL=("$TPLBUILD" --insecure-registry "$REG")
+  bench_log "publishing the template $BASE (not timed)"
+  rm -rf "${WORK:?}/home-import"
+  TPLBUILD_HOME="$WORK/home-import" "${TPL[@]}" template import "$TPLBUILD_TEST_ROOTFS_TAR" "$BASE" >"$WORK/logs/import.log" 2>&1 \
+    || { tail -20 "$WORK/logs/import.log" >&2; exit 1; }
+  rm -rf "${WORK:?}/home-import"
+  CTX="$WORK/gateway-docker"
+  gateway_dockerfiles "$CTX" "$BASE"
+}

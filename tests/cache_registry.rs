@@ -36,6 +36,11 @@ struct Bed {
 }
 
 impl Bed {
+    /// Push `steps` from this bed's store to its repository.
+    async fn push(&self, steps: &[StepRecord]) -> Result<cache::PushReport, CacheError> {
+        cache::push(&self.client, &self.store, &self.reference, steps).await
+    }
+
     /// A client, a fresh store and a repository no other test uses.
     fn new(name: &str) -> Option<Bed> {
         let reg = registry()?;
@@ -157,14 +162,7 @@ async fn absent_tag_is_an_empty_cache_without_warning() {
 async fn pushed_records_are_seen_by_load_with_their_inputs() {
     let Some(bed) = Bed::new("two") else { return };
     let (a, b) = (bed.step("a"), bed.step("b"));
-    let report = cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        &[a.clone(), b.clone()],
-    )
-    .await
-    .unwrap();
+    let report = bed.push(&[a.clone(), b.clone()]).await.unwrap();
     assert_eq!(report.entries_total, 2);
     assert_eq!(report.entries_added, 2);
     assert_eq!(report.blobs_uploaded, 2);
@@ -185,9 +183,7 @@ async fn pushed_records_are_seen_by_load_with_their_inputs() {
         .await
         .unwrap()
         .digest;
-    let again = cache::push(&bed.client, &bed.store, &bed.reference, &[a, b])
-        .await
-        .unwrap();
+    let again = bed.push(&[a, b]).await.unwrap();
     assert_eq!(
         (
             again.entries_total,
@@ -209,22 +205,8 @@ async fn pushed_records_are_seen_by_load_with_their_inputs() {
 async fn second_push_merges_with_the_first() {
     let Some(bed) = Bed::new("merge") else { return };
     let (a, b) = (bed.step("a"), bed.step("b"));
-    cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        std::slice::from_ref(&a),
-    )
-    .await
-    .unwrap();
-    let report = cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        std::slice::from_ref(&b),
-    )
-    .await
-    .unwrap();
+    bed.push(std::slice::from_ref(&a)).await.unwrap();
+    let report = bed.push(std::slice::from_ref(&b)).await.unwrap();
     assert_eq!((report.entries_total, report.entries_added), (2, 1));
     let cache = bed.load().await;
     assert!(cache.lookup(&a.key).is_some() && cache.lookup(&b.key).is_some());
@@ -234,14 +216,7 @@ async fn second_push_merges_with_the_first() {
 async fn fetch_into_store_makes_a_fresh_store_hit() {
     let Some(bed) = Bed::new("fetch") else { return };
     let a = bed.step("a");
-    cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        std::slice::from_ref(&a),
-    )
-    .await
-    .unwrap();
+    bed.push(std::slice::from_ref(&a)).await.unwrap();
     let (_dir, fresh) = bed.fresh_store();
     let cache = bed.load().await;
     assert!(cache.lookup(&a.key).is_some());
@@ -265,21 +240,14 @@ async fn two_branches_pushing_at_once_both_keep_their_entries() {
     let Some(bed) = Bed::new("race") else { return };
     // What both branches inherited from main.
     let shared = bed.step("main");
-    cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        std::slice::from_ref(&shared),
-    )
-    .await
-    .unwrap();
+    bed.push(std::slice::from_ref(&shared)).await.unwrap();
     let (_dir_b, store_b) = bed.fresh_store();
     let a: Vec<_> = (0..3).map(|i| bed.step(&format!("a{i}"))).collect();
     let b: Vec<_> = (0..3)
         .map(|i| step_in(&store_b, &format!("b{i}")))
         .collect();
     let (ra, rb) = tokio::join!(
-        cache::push(&bed.client, &bed.store, &bed.reference, &a),
+        bed.push(&a),
         cache::push(&bed.client, &store_b, &bed.reference, &b),
     );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
@@ -349,14 +317,7 @@ async fn corrupt_index_blob_loads_empty_with_a_warning_and_a_push_repairs_it() {
     );
 
     let a = bed.step("a");
-    let report = cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        std::slice::from_ref(&a),
-    )
-    .await
-    .unwrap();
+    let report = bed.push(std::slice::from_ref(&a)).await.unwrap();
     assert!(
         report.warnings.iter().any(|w| w.contains("not JSON")),
         "{:?}",
@@ -392,9 +353,7 @@ async fn newer_index_version_is_ignored_with_a_warning_and_never_overwritten() {
         .await
         .unwrap()
         .digest;
-    let err = cache::push(&bed.client, &bed.store, &bed.reference, &[step])
-        .await
-        .unwrap_err();
+    let err = bed.push(&[step]).await.unwrap_err();
     assert!(
         matches!(err, CacheError::NewerIndex { version: 99, .. }),
         "{err}"
@@ -437,9 +396,7 @@ async fn an_image_at_the_tag_is_not_a_cache_and_is_not_overwritten() {
         "{:?}",
         cache.warnings
     );
-    let err = cache::push(&bed.client, &bed.store, &bed.reference, &[bed.step("a")])
-        .await
-        .unwrap_err();
+    let err = bed.push(&[bed.step("a")]).await.unwrap_err();
     assert!(matches!(err, CacheError::NotACache { .. }), "{err}");
 }
 
@@ -449,14 +406,7 @@ async fn entry_whose_layer_was_deleted_is_a_miss_with_a_warning() {
         return;
     };
     let (a, b) = (bed.step("a"), bed.step("b"));
-    cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        &[a.clone(), b.clone()],
-    )
-    .await
-    .unwrap();
+    bed.push(&[a.clone(), b.clone()]).await.unwrap();
     bed.delete_blob(&a.layer.digest).await;
 
     let (_dir, fresh) = bed.fresh_store();
@@ -498,14 +448,7 @@ async fn push_over_an_entry_whose_layer_vanished_drops_that_entry() {
         return;
     };
     let (a, b) = (bed.step("a"), bed.step("b"));
-    cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        &[a.clone(), b.clone()],
-    )
-    .await
-    .unwrap();
+    bed.push(&[a.clone(), b.clone()]).await.unwrap();
     bed.delete_blob(&a.layer.digest).await;
     // The registry refuses a manifest that lists a blob it no longer has.
     let (_dir, other) = bed.fresh_store();
@@ -536,14 +479,7 @@ async fn push_to_another_repository_mounts_layers_that_are_not_local() {
         return;
     };
     let (a, b) = (bed.step("a"), bed.step("b"));
-    cache::push(
-        &bed.client,
-        &bed.store,
-        &bed.reference,
-        &[a.clone(), b.clone()],
-    )
-    .await
-    .unwrap();
+    bed.push(&[a.clone(), b.clone()]).await.unwrap();
     // A CI machine that took a and b from the cache without downloading them.
     let (_dir, fresh) = bed.fresh_store();
     let Some(target) = Bed::new("mount-dst") else {

@@ -139,16 +139,7 @@ impl Runner {
                 return Ok(true);
             }
             transfer::ensure_from(store, client, sources, std::slice::from_ref(desc)).await?;
-            let layer = LoadLayer {
-                blob_path: store.blob_path(&desc.digest),
-                compression: desc
-                    .media()
-                    .layer_compression()
-                    .unwrap_or(Compression::Gzip),
-                diff_id: diff_id.clone(),
-                uncompressed_size: 0,
-                present: false,
-            };
+            let layer = load_layer(store, desc, diff_id, 0, false);
             let matched = self.engine.import_layer(&tag, &layer).await?;
             if !matched {
                 let _ = self.engine.remove_image(&tag).await;
@@ -178,20 +169,12 @@ impl Runner {
         let mut layers = vec![];
         for (desc, diff_id) in image.layers().iter().zip(image.diff_ids()) {
             let present = skip_present && self.present.contains(diff_id);
-            layers.push(LoadLayer {
-                blob_path: store.blob_path(&desc.digest),
-                compression: desc
-                    .media()
-                    .layer_compression()
-                    .unwrap_or(Compression::Gzip),
-                diff_id: diff_id.clone(),
-                uncompressed_size: if present {
-                    0
-                } else {
-                    uncompressed_size(store, desc, diff_id)?
-                },
-                present,
-            });
+            let size = if present {
+                0
+            } else {
+                uncompressed_size(store, desc, diff_id)?
+            };
+            layers.push(load_layer(store, desc, diff_id, size, present));
         }
         Ok(LoadSpec {
             config_json: image.config_bytes.clone(),
@@ -397,6 +380,26 @@ impl Runner {
         );
         store.put_step(&rec)?;
         Ok(rec)
+    }
+}
+
+/// A stored layer as the engine module sends it.
+fn load_layer(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    uncompressed_size: u64,
+    present: bool,
+) -> LoadLayer {
+    LoadLayer {
+        blob_path: store.blob_path(&desc.digest),
+        compression: desc
+            .media()
+            .layer_compression()
+            .unwrap_or(Compression::Gzip),
+        diff_id: diff_id.clone(),
+        uncompressed_size,
+        present,
     }
 }
 

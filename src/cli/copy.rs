@@ -44,15 +44,25 @@ async fn fetch_whole(
     let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
         .await
         .with_context(|| format!("reading {target}"))?;
+    fetch_layers(ctx, &client, &resolved, &target).await?;
+    Ok(resolved)
+}
+
+/// Every layer of `resolved` into the store.
+async fn fetch_layers(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    resolved: &transfer::Resolved,
+    from: &Target,
+) -> anyhow::Result<()> {
     transfer::ensure_blobs(
         &ctx.store,
-        &client,
+        client,
         &resolved.source,
         resolved.image.layers(),
     )
     .await
-    .with_context(|| format!("pulling the layers of {target}"))?;
-    Ok(resolved)
+    .with_context(|| format!("reading the layers of {from}"))
 }
 
 pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
@@ -88,14 +98,7 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if mount_from.is_none() {
-        transfer::ensure_blobs(
-            &ctx.store,
-            &client,
-            &resolved.source,
-            resolved.image.layers(),
-        )
-        .await
-        .with_context(|| format!("reading the layers of {src}"))?;
+        fetch_layers(ctx, &client, &resolved, &src).await?;
     }
     // Within one registry, blobs are mounted and nothing is downloaded; if
     // the registry refuses a mount, the blob is fetched and uploaded.
@@ -107,14 +110,7 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         Ok(d) => d,
         Err(e) if mount_from.is_some() => {
             tracing::debug!("mount-only copy failed ({e}); copying through the store");
-            transfer::ensure_blobs(
-                &ctx.store,
-                &client,
-                &resolved.source,
-                resolved.image.layers(),
-            )
-            .await
-            .with_context(|| format!("reading the layers of {src}"))?;
+            fetch_layers(ctx, &client, &resolved, &src).await?;
             transfer::publish(&ctx.store, &client, &resolved.image, &dest, &|_| {
                 mount_from.clone()
             })
