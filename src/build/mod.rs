@@ -7,6 +7,7 @@
 //! later step hit again (early cutoff).
 
 pub mod copy;
+pub mod diff;
 pub mod files;
 pub mod run;
 mod signals;
@@ -32,6 +33,8 @@ pub use signals::Interrupted;
 pub struct BuildOptions {
     pub engine: EngineChoice,
     pub network: Network,
+    /// Where a step's diff is read from (`--diff`).
+    pub diff: diff::DiffChoice,
     pub no_cache: bool,
     /// Registry caches consulted after the local store, in order.
     pub cache_from: Vec<crate::cache::RemoteCache>,

@@ -33,6 +33,10 @@ pub const ENGINE_PATHS: &[&str] = &[
 pub struct Runner {
     pub(crate) engine: Engine,
     network: engine::Network,
+    diff: super::diff::DiffChoice,
+    /// Whether the diff source was announced.
+    diff_said: bool,
+    indexes: super::diff::Indexes,
     pub containers_created: usize,
     /// Layers (by diff_id) the engine is known to hold, from the states
     /// this run loaded or found.
@@ -61,6 +65,9 @@ impl Runner {
         Ok(Runner {
             engine,
             network: opts.network,
+            diff: opts.diff,
+            diff_said: false,
+            indexes: Default::default(),
             containers_created: 0,
             present: Default::default(),
         })
@@ -231,6 +238,17 @@ impl Runner {
             script,
             network,
         };
+        // The parent as metadata, to make the step's layer canonical.
+        let tree = match self.indexes.tree(store, parent).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!("indexing the parent needs its layers: {e:#}");
+                transfer::ensure_from(store, client, sources, parent.layers())
+                    .await
+                    .map_err(|e| wrap(e.into()))?;
+                self.indexes.tree(store, parent).await.map_err(wrap)?
+            }
+        };
         let mut attempt = 1;
         let result = loop {
             let container = self
@@ -241,7 +259,7 @@ impl Runner {
             self.containers_created += 1;
             // From here on the container is removed on every path.
             let result = tokio::select! {
-                r = self.work(store, plan, step, parent, key, inputs.clone(), &container, progress) => r,
+                r = self.work(tree.clone(), store, plan, step, parent, key, inputs.clone(), &container, progress) => r,
                 i = signals.wait() => Err(i.into()),
             };
             if let Err(e) = self.engine.remove(&container).await {
@@ -268,7 +286,8 @@ impl Runner {
 
     #[allow(clippy::too_many_arguments)]
     async fn work(
-        &self,
+        &mut self,
+        tree: std::sync::Arc<crate::layer::TreeIndex>,
         store: &Store,
         plan: &Plan,
         step: &Step,
@@ -336,11 +355,19 @@ impl Runner {
                 }
             }
         }
-        let upper = self
-            .engine
-            .upper_dir(container)
-            .await?
-            .context("the engine did not expose the container's overlay upper dir (the API diff path is not implemented yet)")?;
+        let (set, source) = super::diff::read_changes(
+            &self.engine,
+            container,
+            self.diff,
+            store,
+            tree.clone(),
+            Some(plan.epoch),
+        )
+        .await?;
+        if !self.diff_said {
+            progress.note("diff", source.describe());
+            self.diff_said = true;
+        }
         let keep = &plan.keep;
         let opts = LayerOptions {
             epoch: Some(plan.epoch),
@@ -354,14 +381,20 @@ impl Runner {
             exclude: ENGINE_PATHS.iter().map(|s| s.to_string()).collect(),
         };
         let store2 = store.clone();
-        let packages = packages_in_upper(&upper);
-        let written = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let mut w = store2.blob_writer()?;
-            let written = layer::write_overlay_upper(&upper, &mut w, &opts)?;
-            w.commit(Some((&written.digest, written.size)))?;
-            Ok(written)
-        })
-        .await??;
+        let (written, index, packages) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let packages = set.read_file(b"var/lib/dpkg/status").map(|text| {
+                    let text = String::from_utf8_lossy(&text);
+                    let pkgs = crate::template::rootfs::parse_dpkg_status(&text);
+                    crate::image::package_lines(&pkgs)
+                });
+                let mut w = store2.blob_writer()?;
+                let (written, index) = layer::write_changes(&set, &tree, &mut w, &opts)?;
+                w.commit(Some((&written.digest, written.size)))?;
+                Ok((written, index, packages))
+            })
+            .await??;
+        self.indexes.remember(store, &written.diff_id, index);
         remember_uncompressed_size(store, &written.diff_id, written.uncompressed_size);
         let uncompressed = written.uncompressed_size;
         let desc = Descriptor::new(
@@ -485,25 +518,6 @@ impl Runner {
             .await?;
         Ok(())
     }
-}
-
-/// The package list when the step rewrote dpkg's database. Read from the
-/// upper dir without following links the container made.
-fn packages_in_upper(upper: &std::path::Path) -> Option<String> {
-    let mut path = upper.to_path_buf();
-    for part in ["var", "lib", "dpkg"] {
-        path.push(part);
-        if !fs_err::symlink_metadata(&path).ok()?.is_dir() {
-            return None;
-        }
-    }
-    path.push("status");
-    if !fs_err::symlink_metadata(&path).ok()?.is_file() {
-        return None;
-    }
-    let text = fs_err::read_to_string(&path).ok()?;
-    let pkgs = crate::template::rootfs::parse_dpkg_status(&text);
-    Some(crate::image::package_lines(&pkgs))
 }
 
 pub(crate) fn resolve_chown(

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::template::parse_target;
 use super::{human_size, parse_platform, Context, Failure};
+use crate::build::diff::DiffChoice;
 use crate::build::{self, BuildError, BuildOptions};
 use crate::buildfile;
 use crate::engine::{EngineChoice, Network};
@@ -19,6 +20,17 @@ pub enum EngineArg {
     Auto,
     Docker,
     Podman,
+}
+
+/// `--diff`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DiffArg {
+    /// The overlay upper dir when this process can read it, else the API.
+    Auto,
+    /// Only the overlay upper dir (local engine on overlay storage, as root).
+    Upper,
+    /// Only the engine's API (changes + export): any engine, local or remote.
+    Api,
 }
 
 /// `--network`.
@@ -82,6 +94,10 @@ pub struct BuildArgs {
     /// The step containers' network.
     #[arg(long, value_enum, default_value = "host")]
     pub network: NetworkArg,
+    /// Where each step's changes are read from. Every source gives the same
+    /// layers; upper is faster but needs a local overlay engine and root.
+    #[arg(long, value_enum, default_value = "auto", env = "TPLBUILD_DIFF")]
+    pub diff: DiffArg,
     /// Run every step even if it was built before.
     #[arg(long)]
     pub no_cache: bool,
@@ -450,6 +466,11 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
             NetworkArg::Host => Network::Host,
             NetworkArg::None => Network::None,
             NetworkArg::Bridge => Network::Bridge,
+        },
+        diff: match a.diff {
+            DiffArg::Auto => DiffChoice::Auto,
+            DiffArg::Upper => DiffChoice::Upper,
+            DiffArg::Api => DiffChoice::Api,
         },
         no_cache: a.no_cache,
         cache_from,

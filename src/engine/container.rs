@@ -306,6 +306,23 @@ impl Engine {
             .map_err(move |e| io::Error::other(format!("exporting container {short}: {e}"))))
     }
 
+    /// One path of the container's filesystem as an uncompressed tar
+    /// (`GET /containers/{id}/archive?path=…`), for the few files the diff
+    /// needs that [`Engine::export`] did not give it.
+    pub fn archive(
+        &self,
+        c: &Container,
+        path: &str,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
+        let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        let what = format!("reading {path} from container {}", c.short_id());
+        self.docker
+            .download_from_container(&c.id, Some(options))
+            .map_err(move |e| io::Error::other(format!("{what}: {e}")))
+    }
+
     /// Remove the container, killing it if it runs, with its anonymous
     /// volumes. Idempotent: a container that is already gone is fine.
     pub async fn remove(&self, c: &Container) -> Result<(), EngineError> {

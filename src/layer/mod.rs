@@ -13,13 +13,17 @@
 //! followed.
 
 mod apply;
+mod canonical;
+mod changeset;
 mod compress;
+mod index;
 mod overlay;
 mod resolve;
 mod ustar;
 mod volatile;
 mod walk;
 mod write;
+mod write_diff;
 
 use std::io;
 use std::path::PathBuf;
@@ -27,8 +31,11 @@ use std::path::PathBuf;
 use crate::oci::{Compression, Digest};
 
 pub use apply::{apply_layer, ApplyReport};
+pub use changeset::{ChangeKind, ChangeSet};
 pub use compress::decompress;
+pub use index::{LayerIndex, TreeIndex};
 pub use write::{write_dir, write_overlay_upper};
+pub use write_diff::write_changes;
 
 /// How a layer is written. `Default` is what a build uses without a
 /// Buildfile saying otherwise: gzip, volatile files dropped, every secret

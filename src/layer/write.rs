@@ -194,12 +194,19 @@ const CHUNK: usize = 1 << 20;
 const BLOCK_SLACK: usize = 64 << 10;
 
 /// Collects the tar into 1 MiB chunks for the compressing thread.
-struct ChunkWriter {
+pub(crate) struct ChunkWriter {
     buf: Vec<u8>,
     tx: SyncSender<Vec<u8>>,
 }
 
 impl ChunkWriter {
+    pub(crate) fn new(tx: SyncSender<Vec<u8>>) -> Self {
+        ChunkWriter {
+            buf: Vec::with_capacity(CHUNK + BLOCK_SLACK),
+            tx,
+        }
+    }
+
     fn send(&mut self) -> io::Result<()> {
         let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + BLOCK_SLACK));
         self.tx

@@ -224,6 +224,7 @@ pub async fn resolve(
     let opts = BuildOptions {
         engine,
         network: Network::Host,
+        diff: Default::default(),
         no_cache: false,
         cache_from: vec![],
     };

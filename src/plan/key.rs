@@ -13,7 +13,8 @@ use crate::oci::Digest;
 
 /// Bump when the meaning of a key changes (e.g. the layer normalization
 /// changes), so old cache entries stop matching instead of lying.
-pub const CACHE_FORMAT: u32 = 1;
+/// 2: step layers are made canonical against the parent (no opaque markers).
+pub const CACHE_FORMAT: u32 = 2;
 
 /// Everything that goes into a step key.
 #[derive(Debug, Clone)]
@@ -113,13 +114,13 @@ mod tests {
         assert_eq!(
             String::from_utf8(canonical_bytes(&k)).unwrap(),
             format!(
-                r#"{{"env":{{"A":"1"}},"epoch":1700000000,"format":1,"inputs":{{}},"keep":[],"parent":["{}"],"platform":"linux/amd64","step":{{"kind":"RUN","script":"echo hi"}}}}"#,
+                r#"{{"env":{{"A":"1"}},"epoch":1700000000,"format":2,"inputs":{{}},"keep":[],"parent":["{}"],"platform":"linux/amd64","step":{{"kind":"RUN","script":"echo hi"}}}}"#,
                 Digest::of(b"layer")
             )
         );
         assert_eq!(
             step_key(&k).to_string(),
-            "sha256:cc9ce5a9639f4c3ff36a1533d7528b82db2f77a8085c130f9c035364e82276dc"
+            "sha256:6f0e8771389db2c0cae02c0832ab7cb05a2e7a1c9f64394b445e92e4e9a06304"
         );
     }
 
