@@ -196,7 +196,7 @@ const SCRIPT: &str = "set -e; \
     rm -rf /var/lib/dpkg/alternatives && mkdir /var/lib/dpkg/alternatives && echo x > /var/lib/dpkg/alternatives/new";
 
 #[test]
-fn a_run_steps_layer_flattens_to_what_docker_export_shows() {
+fn a_run_steps_layer_flattens_to_what_docker_export_shows_on_both_diff_paths() {
     if !testbed("diff correctness") || !has_socket("/var/run/docker.sock") {
         return;
     }
@@ -214,20 +214,42 @@ fn a_run_steps_layer_flattens_to_what_docker_export_shows() {
         format!("FROM {TEMPLATE}\nINSTALL libcap2-bin\nRUN {script}\n"),
     )
     .unwrap();
-    let tar = env.path("flat.tar");
-    let oci = env.path("oci");
-    env.ok(&[
-        "build",
-        "-f",
-        dir.join("Buildfile").to_str().unwrap(),
-        "--engine",
-        "docker",
-        "-o",
-        &format!("type=tar,dest={}", tar.display()),
-        "-o",
-        &format!("type=oci,dest={}", oci.display()),
-    ]);
-    let ours = read_tar(fs_err::File::open(&tar).unwrap());
+    // Both diff sources, each in an empty store: the same layers.
+    let mut results = vec![];
+    for diff in ["upper", "api"] {
+        let env = Env::new();
+        let tar = env.path("flat.tar");
+        let out = env.run(&[
+            "build",
+            "-f",
+            dir.join("Buildfile").to_str().unwrap(),
+            "--engine",
+            "docker",
+            "--diff",
+            diff,
+            "--progress",
+            "json",
+            "-o",
+            &format!("type=tar,dest={}", tar.display()),
+        ]);
+        assert!(
+            out.status.success(),
+            "--diff {diff}: {}",
+            last_lines(&String::from_utf8_lossy(&out.stderr), 30)
+        );
+        let layers: Vec<String> = json_events(&out)
+            .iter()
+            .filter(|e| e["event"] == "step-done")
+            .map(|e| e["layer"]["digest"].as_str().unwrap().to_string())
+            .collect();
+        results.push((diff, layers, read_tar(fs_err::File::open(&tar).unwrap())));
+    }
+    assert_eq!(
+        results[0].1, results[1].1,
+        "upper and api step layers differ"
+    );
+    compare(&results[1].2, &results[0].2);
+    let ours = results.remove(0).2;
     assert!(ours["usr/bin/ping-like"]
         .xattrs
         .contains_key("security.capability"));

@@ -131,6 +131,21 @@ pub(crate) fn canonical(
         }
         kept.insert(path.clone(), Out::Node { meta, bytes });
     }
+    // A directory the engine did not list whose owner, mode or xattrs
+    // differ from the parent's all the same.
+    for (path, c) in &set.dirs {
+        if set.nodes.contains_key(path) || super::index::is_virtual(path) {
+            continue;
+        }
+        if let Some(o) = parent.get(path).filter(|o| o.kind == NodeKind::Dir) {
+            if (o.mode, o.uid, o.gid, &o.xattrs) != (c.mode, c.uid, c.gid, &c.xattrs)
+                && classify(path, NodeType::Dir, opts) == Verdict::Keep
+            {
+                let (meta, _) = entry(set, path, c, Verdict::Keep, opts).map_err(read_err(path))?;
+                dirs.insert(path.clone(), (meta, true));
+            }
+        }
+    }
     // A new directory that holds excluded nodes (an engine's mount
     // points) stays only if something else below it does.
     for (path, (_, own)) in dirs.iter_mut() {

@@ -216,10 +216,11 @@ impl ChangeSet {
     ///
     /// `changes` is not trusted to be complete: Docker leaves out a file
     /// whose size, mode, owner and mtime match the image's even when its
-    /// bytes differ (shadow-utils' `/etc/group-` backups do that). So a
-    /// regular file the parent has, in a directory listed as changed, is
-    /// compared with `parent` (metadata, then sha256) and kept if it
-    /// differs; `epoch` clamps mtimes as the layer will.
+    /// bytes differ (shadow-utils' `/etc/group-` backups do that), and
+    /// Podman leaves out an owner change. So every node the parent has is
+    /// compared with `parent` (metadata; and the sha256 for a file in a
+    /// directory listed as changed) and kept if it differs. `epoch` clamps
+    /// mtimes as the layer will.
     pub fn from_export(
         changes: &[(String, ChangeKind)],
         export: impl Read,
@@ -275,15 +276,13 @@ impl ChangeSet {
                 }) => Some((*size, *sha256)),
                 _ => None,
             };
-            let dir = super::index::split_parent(&path).0;
-            let check = !is_listed
-                && matches!(ty, tar::EntryType::Regular | tar::EntryType::Continuous)
-                && (matches!(
-                    listed.get(dir),
-                    Some(ChangeKind::Modified | ChangeKind::Added)
-                ))
-                && old_file().is_some();
-            if !is_listed && !check && ty != tar::EntryType::Directory {
+            // Not listed, but the parent had it: compare (see above).
+            let compare = !is_listed
+                && ty != tar::EntryType::Directory
+                && ty != tar::EntryType::Link
+                && !super::index::is_virtual(&path)
+                && parent.get(&path).is_some();
+            if !is_listed && !compare && ty != tar::EntryType::Directory {
                 continue; // unchanged: its bytes are skipped, not read
             }
             let (uid, gid, xattrs) = pax_owner_and_xattrs(&mut e).map_err(read_err)?;
@@ -294,6 +293,48 @@ impl ChangeSet {
             let uid = uid.unwrap_or(num(h.uid())?);
             let gid = gid.unwrap_or(num(h.gid())?);
             let mtime = num(h.mtime())? as i64;
+            let mut check = false;
+            if compare {
+                let old = parent.get(&path).expect("compared above");
+                let clamped = match epoch {
+                    Some(ep) if mtime > ep => ep,
+                    _ => mtime,
+                };
+                let link = e.link_name_bytes().map(|l| l.to_vec()).unwrap_or_default();
+                let same_kind = match (&old.kind, ty) {
+                    (
+                        NodeKind::File { size, .. },
+                        tar::EntryType::Regular | tar::EntryType::Continuous,
+                    ) => Some(*size) == h.size().ok(),
+                    (NodeKind::Symlink { target }, tar::EntryType::Symlink) => *target == link,
+                    (NodeKind::Char { major, minor }, tar::EntryType::Char)
+                    | (NodeKind::Block { major, minor }, tar::EntryType::Block) => {
+                        h.device_major().ok().flatten() == Some(*major)
+                            && h.device_minor().ok().flatten() == Some(*minor)
+                    }
+                    (NodeKind::Fifo, tar::EntryType::Fifo) => true,
+                    _ => false,
+                };
+                let same_meta = same_kind
+                    && old.mode == mode
+                    && old.uid == uid
+                    && old.gid == gid
+                    && old.mtime == clamped
+                    && old.xattrs == xattrs;
+                if same_meta {
+                    // Only the bytes can differ, and only a directory the
+                    // engine listed is worth reading for that.
+                    let dir = super::index::split_parent(&path).0;
+                    let dir_listed = matches!(
+                        listed.get(dir),
+                        Some(ChangeKind::Modified | ChangeKind::Added)
+                    );
+                    if !(dir_listed && matches!(old.kind, NodeKind::File { .. })) {
+                        continue;
+                    }
+                    check = true;
+                }
+            }
             let dev = || -> Result<(u32, u32), LayerError> {
                 Ok((
                     h.device_major().map_err(read_err)?.unwrap_or(0),
@@ -349,17 +390,8 @@ impl ChangeSet {
                     )
                     .map_err(spool_err)?;
                     if check {
-                        let old = parent.get(&path).expect("checked above");
-                        let clamped = match epoch {
-                            Some(ep) if mtime > ep => ep,
-                            _ => mtime,
-                        };
-                        let same = old_file() == Some((n, hasher.finalize().into()))
-                            && old.mode == mode
-                            && old.uid == uid
-                            && old.gid == gid
-                            && old.mtime == clamped
-                            && old.xattrs == xattrs;
+                        // Metadata is equal (checked above); the bytes?
+                        let same = old_file() == Some((n, hasher.finalize().into()));
                         if same {
                             // Not a change after all: forget its bytes.
                             spool.set_len(offset).map_err(spool_err)?;
@@ -391,7 +423,7 @@ impl ChangeSet {
             if cand.kind == Kind::Dir {
                 set.dirs.insert(path.clone(), cand.clone());
             }
-            if is_listed || check {
+            if is_listed || compare {
                 set.nodes.insert(path, cand);
             }
         }
@@ -521,5 +553,147 @@ fn source_err(op: &'static str, path: &Path, e: io::Error) -> LayerError {
         op,
         path: path.to_path_buf(),
         source: e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{write_changes, LayerIndex, LayerOptions};
+    use crate::oci::Compression;
+
+    /// A tar as an engine exports it: (path, content or None for a dir,
+    /// hardlink target).
+    fn tar_of(entries: &[(&str, Option<&str>, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, content, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(100);
+            h.set_uid(0);
+            h.set_gid(0);
+            match (content, link) {
+                (_, Some(target)) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_mode(0o644);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, target).unwrap();
+                }
+                (Some(c), None) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_size(c.len() as u64);
+                    b.append_data(&mut h, path, c.as_bytes()).unwrap();
+                }
+                (None, None) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn layer(set: &ChangeSet, parent: &TreeIndex) -> (Vec<u8>, Vec<String>) {
+        let opts = LayerOptions {
+            epoch: Some(1000),
+            compression: Compression::None,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_changes(set, parent, &mut out, &opts).unwrap();
+        let mut ar = tar::Archive::new(&out[..]);
+        let names = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e.link_name_bytes().map(|l| format!(" -> {}", show(&l)));
+                format!("{}{}", show(&e.path_bytes()), link.unwrap_or_default())
+            })
+            .collect();
+        (out, names)
+    }
+
+    #[test]
+    fn docker_and_podman_ways_of_reporting_a_replaced_directory_give_one_layer() {
+        let lower = tar_of(&[
+            ("opt/", None, None),
+            ("opt/a/", None, None),
+            ("opt/a/b/", None, None),
+            ("opt/a/b/f", Some("1"), None),
+            ("opt/a/g", Some("2"), None),
+            ("opt/k", Some("keep"), None),
+        ]);
+        let mut parent = TreeIndex::default();
+        parent.apply(&LayerIndex::read(&lower[..]).unwrap());
+        // After `rm -rf /opt/a && mkdir -p /opt/a/b && echo 3 > /opt/a/h &&
+        // ln /opt/k /opt/k2 && ln /opt/a/h /opt/a/h2`.
+        let export = tar_of(&[
+            ("opt/", None, None),
+            ("opt/a/", None, None),
+            ("opt/a/b/", None, None),
+            ("opt/a/h", Some("3"), None),
+            ("opt/a/h2", None, Some("opt/a/h")),
+            ("opt/k", Some("keep"), None),
+            ("opt/k2", None, Some("opt/k")),
+        ]);
+        use ChangeKind::*;
+        let docker: Vec<(String, ChangeKind)> = [
+            ("/opt", Modified),
+            ("/opt/a", Modified),
+            ("/opt/a/b", Modified),
+            ("/opt/a/b/f", Deleted),
+            ("/opt/a/g", Deleted),
+            ("/opt/a/h", Added),
+            ("/opt/a/h2", Added),
+            ("/opt/k2", Added),
+        ]
+        .iter()
+        .map(|(p, k)| (p.to_string(), *k))
+        .collect();
+        let podman: Vec<(String, ChangeKind)> = [
+            ("/opt", Modified),
+            ("/opt/a", Deleted),
+            ("/opt/a/b", Modified),
+            ("/opt/a/h", Added),
+            ("/opt/k", Modified),
+            ("/opt/k2", Added),
+        ]
+        .iter()
+        .map(|(p, k)| (p.to_string(), *k))
+        .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut sets = vec![];
+        for changes in [&docker, &podman] {
+            let mut set =
+                ChangeSet::from_export(changes, &export[..], dir.path(), &parent, Some(1000))
+                    .unwrap();
+            // The caller fetches the bytes of a link to an unchanged file.
+            for (path, target) in std::mem::take(&mut set.missing_content) {
+                assert_eq!(show(&target), "opt/k");
+                set.fill_missing(&path, &tar_of(&[("k", Some("keep"), None)])[..])
+                    .unwrap();
+            }
+            sets.push(set);
+        }
+        let (docker_layer, names) = layer(&sets[0], &parent);
+        let (podman_layer, _) = layer(&sets[1], &parent);
+        assert_eq!(
+            names,
+            [
+                "opt/",
+                "opt/a/",
+                "opt/a/.wh.g",
+                "opt/a/b/",
+                "opt/a/b/.wh.f",
+                "opt/a/h",
+                "opt/a/h2 -> opt/a/h",
+                // opt/k is unchanged, so its new name is a file of its own.
+                "opt/k2",
+            ]
+        );
+        assert_eq!(docker_layer, podman_layer);
     }
 }

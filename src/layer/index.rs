@@ -105,6 +105,14 @@ pub(crate) fn is_below(p: &[u8], dir: &[u8]) -> bool {
     p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/'
 }
 
+/// Paths below the engine's virtual filesystems: their directories and
+/// files are the engine's (Docker's init layer makes some), not the step's.
+pub(crate) fn is_virtual(p: &[u8]) -> bool {
+    [&b"dev"[..], b"proc", b"sys"]
+        .iter()
+        .any(|v| p == *v || is_below(p, v))
+}
+
 impl LayerIndex {
     /// Read an uncompressed layer tar.
     pub fn read(tar: impl Read) -> io::Result<Self> {

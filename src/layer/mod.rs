@@ -1,10 +1,10 @@
 //! Layers: turning directory trees into deterministic OCI layer blobs, and
 //! applying (possibly hostile) layer tars onto a root filesystem.
 //!
-//! The `build` module meets this one twice: after a step runs it hands the
-//! container's diff (an overlayfs upper directory, or a tree unpacked from
-//! the engine's archive API) to [`write_overlay_upper`] / [`write_dir`] and
-//! stores the [`WrittenLayer`]; to flatten an image or to import a template
+//! The `build` module meets this one twice: after a step runs it reads the
+//! container's changes into a [`ChangeSet`] (from the overlay upper dir, or
+//! from the engine's `changes` and `export`), and [`write_changes`] makes
+//! them a canonical layer against the parent's [`TreeIndex`]; to flatten an image or to import a template
 //! it streams each blob through [`decompress`] into [`apply_layer`]. The
 //! writer is where determinism (DESIGN.md invariant 2) and hygiene
 //! (invariant 3) are enforced; the applier is security code (invariant 4):
@@ -34,7 +34,7 @@ pub use apply::{apply_layer, ApplyReport};
 pub use changeset::{ChangeKind, ChangeSet};
 pub use compress::decompress;
 pub use index::{LayerIndex, TreeIndex};
-pub use write::{write_dir, write_overlay_upper};
+pub use write::write_dir;
 pub use write_diff::write_changes;
 
 /// How a layer is written. `Default` is what a build uses without a

@@ -12,21 +12,12 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::overlay::{classify_upper, is_overlay_private, UpperNode};
+use super::overlay::is_overlay_private;
 use super::volatile::{classify, NodeType, Verdict};
 use super::{LayerError, LayerOptions, LayerReport};
 
 pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
 pub(crate) const OPAQUE_NAME: &[u8] = b".wh..wh..opq";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// A complete tree: every node is content.
-    Dir,
-    /// An overlayfs upper directory: device 0/0 nodes and opaque
-    /// attributes are deletions.
-    OverlayUpper,
-}
 
 pub(crate) enum What {
     /// A node to copy; the verdict is `Keep`, `Emptied` or `Shadow`.
@@ -35,12 +26,9 @@ pub(crate) enum What {
         verdict: Verdict,
         xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     },
-    Whiteout,
-    Opaque,
 }
 
 pub(crate) struct Node {
-    key: Vec<u8>,
     /// The tar path: relative, no trailing slash.
     rel: Vec<u8>,
     what: What,
@@ -55,21 +43,19 @@ impl Node {
 /// List `root` (which itself is not an entry).
 pub(crate) fn collect(
     root: &Path,
-    source: Source,
     opts: &LayerOptions,
     report: &mut LayerReport,
 ) -> Result<Vec<Node>, LayerError> {
     let mut nodes = Vec::new();
     let mut w = Walker {
         root,
-        source,
         opts,
         report,
         nodes: &mut nodes,
         excluded: 0,
     };
     w.dir(&mut Vec::new())?;
-    nodes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    nodes.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
     report.removed_secrets.sort();
     report.dropped_volatile.sort();
     Ok(nodes)
@@ -77,7 +63,6 @@ pub(crate) fn collect(
 
 struct Walker<'a> {
     root: &'a Path,
-    source: Source,
     opts: &'a LayerOptions,
     report: &'a mut LayerReport,
     nodes: &'a mut Vec<Node>,
@@ -115,15 +100,6 @@ impl Walker<'_> {
         let all_xattrs =
             read_xattrs(&path).map_err(|e| source_err("reading xattrs of", &path, e))?;
 
-        let upper = match self.source {
-            Source::Dir => UpperNode::Plain,
-            Source::OverlayUpper => {
-                classify_upper(&meta, &all_xattrs).map_err(|reason| LayerError::Overlay {
-                    path: path.clone(),
-                    reason,
-                })?
-            }
-        };
         let ty = if meta.is_dir() {
             NodeType::Dir
         } else if meta.is_file() {
@@ -133,21 +109,6 @@ impl Walker<'_> {
         };
         let verdict = classify(rel, ty, self.opts);
 
-        if upper == UpperNode::Whiteout {
-            // A deletion stays in the layer even where the file would be
-            // volatile: the lower layer's copy must still disappear.
-            if verdict != Verdict::Excluded {
-                let mut wh = rel[..rel.len() - name.len()].to_vec();
-                wh.extend_from_slice(WHITEOUT_PREFIX);
-                wh.extend_from_slice(name);
-                self.nodes.push(Node {
-                    key: wh.clone(),
-                    rel: wh,
-                    what: What::Whiteout,
-                });
-            }
-            return Ok(());
-        }
         if name.starts_with(WHITEOUT_PREFIX) {
             return Err(LayerError::ReservedName { path });
         }
@@ -183,7 +144,6 @@ impl Walker<'_> {
             .collect();
         xattrs.sort();
         self.nodes.push(Node {
-            key: rel.clone(),
             rel: rel.clone(),
             what: What::Node {
                 meta: Box::new(meta),
@@ -191,32 +151,8 @@ impl Walker<'_> {
                 xattrs,
             },
         });
-        if upper == UpperNode::OpaqueDir {
-            let mut key = rel.clone();
-            key.extend_from_slice(b"/\0"); // before every child: paths hold no NUL
-            let mut marker = rel.clone();
-            marker.push(b'/');
-            marker.extend_from_slice(OPAQUE_NAME);
-            self.nodes.push(Node {
-                key,
-                rel: marker,
-                what: What::Opaque,
-            });
-        }
         if is_dir {
-            let (nodes_before, excluded_before) = (self.nodes.len(), self.excluded);
             self.dir(rel)?;
-            // An engine copies a directory up only to put its own files in
-            // it (Podman's run/.containerenv, mount points in etc/). When all
-            // the directory holds is excluded, the step did not touch it:
-            // leaving it out keeps the layer equal across engines.
-            if self.source == Source::OverlayUpper
-                && upper == UpperNode::Plain
-                && self.nodes.len() == nodes_before
-                && self.excluded > excluded_before
-            {
-                self.nodes.pop();
-            }
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
-//! Writing a deterministic layer blob from a tree on disk: a full root
-//! filesystem (template import, flattening) or an overlay upper directory
-//! (a step's diff). Equal trees give byte-identical blobs.
+//! Writing a deterministic layer blob from a whole tree on disk (template
+//! import, flattening). Equal trees give byte-identical blobs. A step's
+//! diff is written by `write_diff` from a change set instead.
 
 use std::collections::HashMap;
 use std::fs::Metadata;
@@ -15,7 +15,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use super::compress::{media_type, BlobSink};
 use super::ustar::{EntryMeta, Kind, TarWriter};
 use super::volatile::{clamp_shadow, Verdict};
-use super::walk::{collect, Node, Source, What};
+use super::walk::{collect, Node, What};
 use super::{LayerError, LayerOptions, LayerReport, WrittenLayer};
 use crate::oci::{Digest, DigestWriter};
 
@@ -32,31 +32,16 @@ pub fn write_dir(
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<WrittenLayer, LayerError> {
-    write_tree(root, Source::Dir, out, opts)
-}
-
-/// Like [`write_dir`], for an overlayfs upper directory: a char device 0/0
-/// becomes a `.wh.NAME` whiteout, a directory with `trusted.overlay.opaque=y`
-/// (or `user.overlay.opaque`) gets a `.wh..wh..opq` entry right after it;
-/// overlay's own xattrs are not copied. An upper directory written with
-/// `metacopy` or `redirect_dir` is refused ([`LayerError::Overlay`]): its
-/// diff is not all in the upper directory.
-pub fn write_overlay_upper(
-    upper: &Path,
-    out: impl Write,
-    opts: &LayerOptions,
-) -> Result<WrittenLayer, LayerError> {
-    write_tree(upper, Source::OverlayUpper, out, opts)
+    write_tree(root, out, opts)
 }
 
 fn write_tree(
     root: &Path,
-    source: Source,
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<WrittenLayer, LayerError> {
     let mut report = LayerReport::default();
-    let nodes = collect(root, source, opts, &mut report)?;
+    let nodes = collect(root, opts, &mut report)?;
     let mut blob = BlobSink::new(out, opts.compression).map_err(LayerError::Write)?;
 
     // Two threads, because compression costs about four times what reading,
@@ -108,11 +93,6 @@ fn produce(
     for node in nodes {
         let (rel, what) = node.into_parts();
         match what {
-            What::Whiteout | What::Opaque => {
-                tar.append(&EntryMeta::marker(rel), None)
-                    .map_err(LayerError::Write)?;
-                report.whiteouts += 1;
-            }
             What::Node {
                 meta,
                 verdict,

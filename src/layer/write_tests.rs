@@ -1,4 +1,5 @@
-//! Tests of `write_dir` and `write_overlay_upper` on small trees made on
+//! Tests of `write_dir`, and of a step's layer from an overlay upper dir
+//! (`ChangeSet::from_upper` + `write_changes`), on small trees made on
 //! the spot. Device nodes, owners and trusted.* xattrs need root; the tests
 //! that need them say so and pass without it.
 
@@ -80,6 +81,29 @@ fn write(root: &Path, o: &LayerOptions) -> (Vec<u8>, WrittenLayer) {
     let mut out = Vec::new();
     let w = write_dir(root, &mut out, o).unwrap();
     (out, w)
+}
+
+/// A step's layer from the upper dir `u` over the tree `lower` (if any).
+fn write_upper(
+    u: &Path,
+    lower: Option<&Path>,
+    o: &LayerOptions,
+) -> Result<(Vec<u8>, WrittenLayer), LayerError> {
+    let mut parent = crate::layer::TreeIndex::default();
+    if let Some(l) = lower {
+        let (tar, _) = write(
+            l,
+            &LayerOptions {
+                epoch: None,
+                ..o.clone()
+            },
+        );
+        parent.apply(&crate::layer::LayerIndex::read(&tar[..]).unwrap());
+    }
+    let set = crate::layer::ChangeSet::from_upper(u)?;
+    let mut out = Vec::new();
+    let (w, _) = crate::layer::write_changes(&set, &parent, &mut out, o)?;
+    Ok((out, w))
 }
 
 fn paths(es: &[Read_]) -> Vec<String> {
@@ -433,39 +457,53 @@ fn whiteout_device(path: &Path) {
 }
 
 #[test]
-fn overlay_upper_turns_deletions_into_whiteouts_and_opaque_markers() {
+fn overlay_upper_deletions_and_a_replaced_dir_become_whiteouts_for_what_the_parent_had() {
     if !is_root() {
         eprintln!("skipped: needs root for 0/0 devices and trusted.* xattrs");
         return;
     }
+    let lower = tempfile::tempdir().unwrap();
+    let l = lower.path();
+    put(l, "etc/gone", b"old");
+    put(l, "etc/kept", b"kept");
+    put(l, "opq/old", b"old");
+    put(l, "opq/sub/deep", b"old");
+    put(l, "xw", b"old");
+
     let up = tempfile::tempdir().unwrap();
     let u = up.path();
     fs_err::create_dir_all(u.join("etc")).unwrap();
     whiteout_device(&u.join("etc/gone"));
-    fs_err::create_dir_all(u.join("opq")).unwrap();
+    whiteout_device(&u.join("etc/never-was"));
     let set = |p: &Path, k: &str, v: &[u8]| {
         rustix::fs::setxattr(p, k, v, rustix::fs::XattrFlags::empty()).unwrap()
     };
+    fs_err::create_dir_all(u.join("opq/sub")).unwrap();
     set(&u.join("opq"), "trusted.overlay.opaque", b"y");
     put(u, "opq/-first", b"sorts before .wh.");
     put(u, "opq/new", b"new");
+    // A new directory overlayfs marked opaque (dpkg renames do that).
+    fs_err::create_dir_all(u.join("fresh")).unwrap();
+    set(&u.join("fresh"), "trusted.overlay.opaque", b"y");
     put(u, "xw", b"");
     set(&u.join("xw"), "user.overlay.whiteout", b"");
     set(&u.join("etc"), "trusted.overlay.origin", b"whatever");
 
-    let mut out = Vec::new();
-    let w = write_overlay_upper(u, &mut out, &opts()).unwrap();
+    let (out, w) = write_upper(u, Some(l), &opts()).unwrap();
     let es = entries(&out);
     assert_eq!(
         paths(&es),
         [
             ".wh.xw",
             "etc/",
-            "etc/.wh.gone",
+            "etc/.wh.gone", // not etc/never-was: the parent had no such file
+            "fresh/",       // no marker: nothing was below it
             "opq/",
-            "opq/.wh..wh..opq", // straight after its directory, before "-first"
             "opq/-first",
+            "opq/.wh.old", // what the replaced dir lost, and nothing more
             "opq/new",
+            "opq/sub/",
+            "opq/sub/.wh.deep",
         ]
     );
     assert!(
@@ -477,21 +515,56 @@ fn overlay_upper_turns_deletions_into_whiteouts_and_opaque_markers() {
         (wh.ty, wh.size, wh.mode, wh.uid, wh.mtime),
         (tar::EntryType::Regular, 0, 0, 0, 0)
     );
-    assert_eq!(w.report.whiteouts, 3);
+    assert_eq!(w.report.whiteouts, 4);
 
-    // The same layer applied on a lower tree gives the merged view.
-    let lower = tempfile::tempdir().unwrap();
-    let l = lower.path();
-    put(l, "etc/gone", b"old");
-    put(l, "etc/kept", b"kept");
-    put(l, "opq/old", b"old");
-    put(l, "xw", b"old");
+    // The layer applied on the lower tree gives the merged view.
     apply_layer(&out[..], l).unwrap();
     assert!(!l.join("etc/gone").exists());
     assert!(l.join("etc/kept").exists());
     assert!(!l.join("opq/old").exists());
+    assert!(!l.join("opq/sub/deep").exists());
     assert!(l.join("opq/new").exists());
     assert!(!l.join("xw").exists());
+}
+
+#[test]
+fn an_upper_file_equal_to_the_parents_is_left_out_and_a_changed_one_kept() {
+    let lower = tempfile::tempdir().unwrap();
+    let l = lower.path();
+    put(l, "etc/group", b"root:x:0:\n");
+    put(l, "etc/group-", b"root:x:0:\n");
+    let up = tempfile::tempdir().unwrap();
+    let u = up.path();
+    // Copied up unchanged (same bytes, same mtime), and changed in place
+    // with the same size and mtime: only the bytes tell.
+    put(u, "etc/group", b"root:x:0:\n");
+    put(u, "etc/group-", b"root:x:1:\n");
+    let same = |rel: &str| {
+        let t = fs_err::metadata(l.join(rel)).unwrap().modified().unwrap();
+        fs_err::File::options()
+            .write(true)
+            .open(u.join(rel))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    same("etc/group");
+    same("etc/group-");
+    let dir_time = fs_err::metadata(l.join("etc")).unwrap().modified().unwrap();
+    fs_err::File::open(u.join("etc"))
+        .unwrap()
+        .set_modified(dir_time)
+        .unwrap();
+    let (out, _) = write_upper(
+        u,
+        Some(l),
+        &LayerOptions {
+            epoch: None,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(paths(&entries(&out)), ["etc/", "etc/group-"]);
 }
 
 #[test]
@@ -509,7 +582,7 @@ fn overlay_upper_with_metacopy_is_refused() {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
-    let err = write_overlay_upper(up.path(), std::io::sink(), &opts()).unwrap_err();
+    let err = write_upper(up.path(), None, &opts()).unwrap_err();
     assert!(matches!(err, LayerError::Overlay { .. }), "{err}");
 }
 
@@ -540,15 +613,13 @@ fn overlay_dirs_holding_only_excluded_engine_files_are_left_out() {
         exclude: vec!["run/.containerenv".into(), "etc/hostname".into()],
         ..opts()
     };
-    let mut out = Vec::new();
-    let w = write_overlay_upper(r, &mut out, &o).unwrap();
+    let (out, w) = write_upper(r, None, &o).unwrap();
     let es = entries(&out);
     assert_eq!(paths(&es), ["usr/", "usr/bin/", "usr/bin/tool"]);
     assert_eq!(w.report.entries, 3);
     // A directory with real content next to an excluded file stays.
     put(r, "etc/app.conf", b"y");
-    let mut out = Vec::new();
-    write_overlay_upper(r, &mut out, &o).unwrap();
+    let (out, _) = write_upper(r, None, &o).unwrap();
     let es = entries(&out);
     assert_eq!(
         paths(&es),
@@ -566,8 +637,7 @@ fn nested_upper_directories_holding_only_excluded_paths_go_too_but_not_in_a_full
         exclude: vec!["a/b/.containerenv".into()],
         ..opts()
     };
-    let mut out = Vec::new();
-    write_overlay_upper(u, &mut out, &o).unwrap();
+    let (out, _) = write_upper(u, None, &o).unwrap();
     assert_eq!(paths(&entries(&out)), ["etc/", "etc/greeting"]);
     // In a full tree the directories are content and stay.
     assert_eq!(
