@@ -88,6 +88,9 @@ fn command(target: &SshTarget, options: &[&str], remote: &[String]) -> (Command,
         .kill_on_drop(true)
         .process_group(0);
     let parent = std::process::id();
+    // The death signal fires when the thread that forked exits: connections
+    // are made on the runtime's worker threads, which live as long as
+    // tplbuild does (kill_on_drop covers the orderly ends).
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes two async-signal-safe system calls.
     unsafe {
