@@ -87,8 +87,10 @@ pub struct PlanArgs {
 pub struct BuildArgs {
     #[command(flatten)]
     pub bf: BuildfileArgs,
-    /// Which engine runs the steps: auto tries DOCKER_HOST, the Docker
-    /// socket, then the Podman sockets.
+    /// Which engine runs the steps. auto and docker use DOCKER_HOST or the
+    /// current Docker context when one is set (tcp://, ssh://, unix://: that
+    /// engine only), else the local Docker socket, then (auto) the Podman
+    /// sockets; podman uses CONTAINER_HOST when set. docs/engines.md.
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineArg,
     /// The step containers' network.

@@ -26,18 +26,20 @@ mod leftovers;
 use std::path::PathBuf;
 
 pub use archive::{LoadLayer, LoadSpec};
-pub use connect::{connect, connect_host};
+pub use connect::{connect, connect_host, ConnectError};
 pub use guard::ContainerGuard;
 
 /// Which engine `--engine` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineChoice {
-    /// `$DOCKER_HOST`, then Docker's socket, then Podman's root and rootless sockets.
+    /// `$DOCKER_HOST` or a Docker context when one is set (and then only
+    /// that), else Docker's socket, then Podman's root and rootless sockets.
     #[default]
     Auto,
-    /// `$DOCKER_HOST`, else `/var/run/docker.sock`.
+    /// `$DOCKER_HOST` or a Docker context when set, else `/var/run/docker.sock`.
     Docker,
-    /// `/run/podman/podman.sock`, else `$XDG_RUNTIME_DIR/podman/podman.sock`.
+    /// `$CONTAINER_HOST` when set, else `/run/podman/podman.sock`, else
+    /// `$XDG_RUNTIME_DIR/podman/podman.sock`.
     Podman,
 }
 
@@ -162,8 +164,6 @@ pub const LABEL_HOST: &str = "dev.tplbuild.host";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("no container engine answered; tried:\n{tried}\nhint: start Docker (`systemctl start docker`, or `dockerd`) or Podman's API service (`podman system service --time=0 unix:///run/podman/podman.sock`), or point DOCKER_HOST at one")]
-    NoEngine { tried: String },
     #[error("{action}")]
     Api {
         action: String,
