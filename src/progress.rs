@@ -139,6 +139,17 @@ impl Progress {
         }
     }
 
+    /// Where a step's diff came from and what reading it cost: for CI and
+    /// the benchmarks (JSON only; the text output names the source once).
+    pub fn step_diff(&self, n: usize, source: &str, read_bytes: u64, layer_bytes: u64) {
+        if self.is_json() {
+            self.event(json!({
+                "event": "step-diff", "step": n, "source": source,
+                "read_bytes": read_bytes, "layer_uncompressed_bytes": layer_bytes,
+            }));
+        }
+    }
+
     pub fn summary(&self, v: Value, text: &str) {
         if self.is_json() {
             let mut v = v;

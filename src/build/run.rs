@@ -380,6 +380,7 @@ impl Runner {
             },
             exclude: ENGINE_PATHS.iter().map(|s| s.to_string()).collect(),
         };
+        let read_bytes = set.read_bytes;
         let store2 = store.clone();
         let (written, index, packages) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -395,6 +396,16 @@ impl Runner {
             })
             .await??;
         self.indexes.remember(store, &written.diff_id, index);
+        let source_name = match source {
+            super::diff::DiffSource::Upper => "upper",
+            super::diff::DiffSource::Api => "api",
+        };
+        progress.step_diff(
+            step.number,
+            source_name,
+            read_bytes,
+            written.uncompressed_size,
+        );
         remember_uncompressed_size(store, &written.diff_id, written.uncompressed_size);
         let uncompressed = written.uncompressed_size;
         let desc = Descriptor::new(

@@ -83,6 +83,9 @@ pub struct ChangeSet {
     /// Candidates that name a file the export did not list as changed as
     /// their hardlink target: their bytes must be fetched separately.
     pub(crate) missing_content: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bytes read from the source: the export stream, or the upper dir's
+    /// file contents.
+    pub read_bytes: u64,
 }
 
 impl ChangeSet {
@@ -186,6 +189,9 @@ impl ChangeSet {
                 let mut xattrs: Vec<_> =
                     all.into_iter().filter(|(k, _)| carried_xattr(k)).collect();
                 xattrs.sort();
+                if let Kind::Regular { size } = kind {
+                    set.read_bytes += size;
+                }
                 let content = if matches!(kind, Kind::Regular { size } if size > 0) {
                     Content::Disk(path)
                 } else {
@@ -250,7 +256,12 @@ impl ChangeSet {
         let mut present_deleted: BTreeSet<Vec<u8>> = BTreeSet::new();
 
         let read_err = LayerError::ReadTar;
-        let mut ar = tar::Archive::new(export);
+        let counted = Counted {
+            inner: export,
+            n: std::rc::Rc::new(std::cell::Cell::new(0)),
+        };
+        let read = counted.n.clone();
+        let mut ar = tar::Archive::new(counted);
         for entry in ar.entries().map_err(read_err)? {
             let mut e = entry.map_err(read_err)?;
             let path = clean_path(&e.path_bytes());
@@ -381,14 +392,20 @@ impl ChangeSet {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let offset = spooled;
                     let mut hasher = Sha256::new();
-                    let n = io::copy(
-                        &mut e,
-                        &mut TeeWriter {
-                            out: &mut spool,
-                            hasher: &mut hasher,
-                        },
-                    )
-                    .map_err(spool_err)?;
+                    // A failed read is the engine's stream; a failed write, our disk.
+                    let mut n = 0u64;
+                    let mut buf = [0u8; 64 * 1024];
+                    loop {
+                        let k = match e.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(k) => k,
+                            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(err) => return Err(LayerError::ReadTar(err)),
+                        };
+                        spool.write_all(&buf[..k]).map_err(spool_err)?;
+                        hasher.update(&buf[..k]);
+                        n += k as u64;
+                    }
                     if check {
                         // Metadata is equal (checked above); the bytes?
                         let same = old_file() == Some((n, hasher.finalize().into()));
@@ -429,6 +446,7 @@ impl ChangeSet {
         }
         spool.flush().map_err(spool_err)?;
         set.spool = Some(spool);
+        set.read_bytes = read.get();
         // Listed as deleted and not in the export: gone.
         for p in deleted_listed {
             if !present_deleted.contains(&p) {
@@ -505,20 +523,17 @@ pub(crate) fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Writes to the spool and hashes on the way.
-struct TeeWriter<'a> {
-    out: &'a mut File,
-    hasher: &'a mut Sha256,
+/// Counts what is read through it.
+struct Counted<R> {
+    inner: R,
+    n: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
-impl Write for TeeWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(b)?;
-        self.hasher.update(&b[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n.set(self.n.get() + k as u64);
+        Ok(k)
     }
 }
 

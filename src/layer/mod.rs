@@ -145,7 +145,7 @@ pub enum LayerError {
     ReservedName { path: PathBuf },
     #[error("writing the layer blob")]
     Write(#[source] io::Error),
-    #[error("reading the layer tar")]
+    #[error("reading the tar stream")]
     ReadTar(#[source] io::Error),
     #[error("opening the destination root {path}")]
     Dest {
