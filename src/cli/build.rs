@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::template::parse_target;
 use super::{human_size, parse_platform, Context, Failure};
-use crate::build::{self, BuildError, BuildOptions};
+use crate::build::{self, BuildError, BuildOptions, HitSource, StepCache, StepStatus};
 use crate::buildfile;
 use crate::engine::{EngineChoice, Network};
 
@@ -267,54 +267,16 @@ async fn make_plan_with(
 pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
     let plan = make_locked_plan(ctx, &a.bf, false).await?;
     let client = ctx.client()?;
-    let caches = load_caches(&client, &a.cache, &Progress::new(ProgressMode::Plain)).await?;
-    let previous = plan::explain::load_previous(&ctx.store, &plan.buildfile.path);
-    let mut parent = Some(plan.base.image.diff_ids().to_vec());
-    let mut first_miss: Option<usize> = None;
-    let mut rows = vec![];
-    for step in &plan.steps {
-        let loc = build::location(&plan, step.span);
-        let row = match &parent {
-            Some(p) => {
-                let key = plan.key(step, p);
-                let local = ctx
-                    .store
-                    .get_step(&key)?
-                    .map(|r| (r.diff_id, "local".to_string()));
-                let found = local.or_else(|| {
-                    caches.iter().find_map(|c| {
-                        c.lookup(&key)
-                            .map(|e| (e.diff_id.clone(), c.reference.to_string()))
-                    })
-                });
-                match found {
-                    Some((diff_id, source)) => {
-                        let mut next = p.clone();
-                        next.push(diff_id);
-                        parent = Some(next);
-                        json!({"step": step.number, "location": loc, "instruction": step.text, "key": key.to_string(), "status": "HIT", "source": source})
-                    }
-                    None => {
-                        let inputs = plan.recorded_inputs(step, p);
-                        let reasons = plan::explain::reasons(
-                            &step.text,
-                            previous.get(step.number - 1),
-                            &inputs,
-                        );
-                        parent = None;
-                        first_miss = Some(step.number);
-                        json!({"step": step.number, "location": loc, "instruction": step.text, "key": key.to_string(), "status": "MISS", "reasons": reasons})
-                    }
-                }
-            }
-            None => {
-                json!({"step": step.number, "location": loc, "instruction": step.text, "key": null, "status": "MISS",
-                "reasons": [format!("after step {}", first_miss.unwrap_or(0))]})
-            }
-        };
-        rows.push(row);
+    let quiet = Progress::new(ProgressMode::Plain);
+    let caches = load_caches(&client, &a.cache, &quiet).await?;
+    let mut cache = StepCache::new(&ctx.store, &client, caches);
+    let walked = build::walk::plan(&plan, &mut cache).await?;
+    for w in &walked.warnings {
+        quiet.warn(w);
     }
+    let total = walked.steps.len();
     if a.json {
+        let rows: Vec<_> = walked.steps.iter().map(plan_row).collect();
         let v = json!({
             "buildfile": plan.buildfile.path.display().to_string(),
             "from": plan.base.pinned,
@@ -326,30 +288,58 @@ pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("FROM {}", plan.base.pinned);
-    for r in &rows {
-        let key = r["key"]
-            .as_str()
-            .map(|k| k[7..19].to_string())
+    for s in &walked.steps {
+        let key = s
+            .key
+            .as_ref()
+            .map(|k| k.hex()[..12].to_string())
             .unwrap_or_else(|| "-".repeat(12));
-        let status = match (r["status"].as_str(), r["source"].as_str()) {
-            (Some("HIT"), Some(src)) => format!("HIT ({src})"),
-            (Some(s), _) => s.to_string(),
-            _ => String::new(),
+        let status = match &s.status {
+            StepStatus::Hit { from } => format!("HIT ({})", source_name(from)),
+            StepStatus::Miss { .. } | StepStatus::After(_) => "MISS".to_string(),
         };
         println!(
-            "[{}/{}] {:<40} {key}  {status}",
-            r["step"],
-            rows.len(),
-            truncate(r["instruction"].as_str().unwrap_or(""), 40),
+            "[{}/{total}] {:<40} {key}  {status}",
+            s.number,
+            truncate(&s.text, 40),
         );
-        println!("      at {}", r["location"].as_str().unwrap_or(""));
-        if let Some(reasons) = r["reasons"].as_array() {
-            for reason in reasons {
-                println!("      {}", reason.as_str().unwrap_or(""));
-            }
+        println!("      at {}", s.location);
+        for reason in plan_reasons(&s.status) {
+            println!("      {reason}");
         }
     }
     Ok(())
+}
+
+fn source_name(from: &HitSource) -> String {
+    match from {
+        HitSource::Local => "local".to_string(),
+        HitSource::Registry(r) => r.to_string(),
+    }
+}
+
+fn plan_reasons(status: &StepStatus) -> Vec<String> {
+    match status {
+        StepStatus::Hit { .. } => vec![],
+        StepStatus::Miss { reasons } => reasons.clone(),
+        StepStatus::After(n) => vec![format!("after step {n}")],
+    }
+}
+
+/// One step of `plan --json`.
+fn plan_row(s: &build::StepReport) -> serde_json::Value {
+    let mut row = json!({
+        "step": s.number,
+        "location": s.location,
+        "instruction": s.text,
+        "key": s.key.as_ref().map(|k| k.to_string()),
+        "status": match s.status { StepStatus::Hit { .. } => "HIT", _ => "MISS" },
+    });
+    match &s.status {
+        StepStatus::Hit { from } => row["source"] = json!(source_name(from)),
+        other => row["reasons"] = json!(plan_reasons(other)),
+    }
+    row
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -452,18 +442,19 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
             NetworkArg::Bridge => Network::Bridge,
         },
         no_cache: a.no_cache,
-        cache_from,
     };
-    let built = match build::build(&ctx.store, &client, &plan, &opts, &mut progress).await {
+    let need_layers = !outputs.is_empty()
+        || tags
+            .iter()
+            .any(|t| matches!(t, crate::oci::Target::Layout { .. }));
+    let mut cache = StepCache::new(&ctx.store, &client, cache_from);
+    let built = match build::build(&plan, &mut cache, &opts, need_layers, &mut progress).await {
         Ok(b) => b,
         Err(e) => return Err(explain_failure(e, &progress)),
     };
     let digest = built.image.digest();
     let name = format!("build:{}", buildfile_name(&plan.buildfile.path));
     ctx.store.set_name(&name, &built.image.descriptor())?;
-    for w in built_warnings(&opts) {
-        progress.warn(&w);
-    }
     let sources = &built.sources;
     for t in &tags {
         // Layers the registry holds already (template, cache) are mounted,
@@ -546,14 +537,6 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
         println!("{digest}");
     }
     Ok(())
-}
-
-/// Warnings the registry caches gathered while layers were fetched.
-fn built_warnings(opts: &BuildOptions) -> Vec<String> {
-    opts.cache_from
-        .iter()
-        .flat_map(|c| c.take_fetch_warnings())
-        .collect()
 }
 
 fn buildfile_name(path: &Path) -> String {

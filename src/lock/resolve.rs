@@ -225,7 +225,6 @@ pub async fn resolve(
         engine,
         network: Network::Host,
         no_cache: false,
-        cache_from: vec![],
     };
     let mut runner = Runner::connect(&opts, progress).await?;
     let sources = transfer::Sources::new(plan.base.source.clone());
