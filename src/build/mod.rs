@@ -12,6 +12,8 @@ pub mod run;
 mod signals;
 pub mod step_cache;
 pub mod walk;
+#[cfg(test)]
+mod walk_tests;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
