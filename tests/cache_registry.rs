@@ -4,8 +4,6 @@
 //! its own repository. Tests skip, saying why, when TPLBUILD_TEST_REGISTRY
 //! is unset (`eval "$(bash scripts/testbed env)"`).
 
-use std::collections::BTreeMap;
-
 use rand::RngCore;
 use tplbuild::build::step_cache::StepLabel;
 use tplbuild::build::{HitSource, StepCache};
@@ -144,7 +142,7 @@ fn step_in(store: &Store, name: &str) -> StepRecord {
         layer: Descriptor::new(MediaType::OCI_LAYER_GZIP, digest, layer.len() as u64),
         diff_id: Digest::of(format!("diff {name}").as_bytes()),
         uncompressed_size: 8192,
-        inputs: BTreeMap::from([("run".to_string(), format!("echo {name}"))]),
+        inputs: serde_json::json!({"inputs": {"run": format!("echo {name}")}}),
         removed_secrets: vec!["etc/machine-id".to_string()],
         packages: None,
     }

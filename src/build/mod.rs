@@ -265,7 +265,7 @@ pub(crate) fn record_for(
     layer: Descriptor,
     diff_id: Digest,
     uncompressed_size: u64,
-    inputs: BTreeMap<String, String>,
+    inputs: serde_json::Value,
     removed_secrets: Vec<String>,
     packages: Option<String>,
 ) -> StepRecord {

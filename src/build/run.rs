@@ -1,6 +1,5 @@
 //! Running one step in the engine and turning its change into a layer.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use anyhow::Context as _;
@@ -192,7 +191,7 @@ impl Runner {
         step: &Step,
         parent: &Image,
         key: &Digest,
-        inputs: BTreeMap<String, String>,
+        inputs: serde_json::Value,
         progress: &mut Progress,
         signals: &Signals,
     ) -> anyhow::Result<StepRecord> {
@@ -274,7 +273,7 @@ impl Runner {
         step: &Step,
         parent: &Image,
         key: &Digest,
-        inputs: BTreeMap<String, String>,
+        inputs: serde_json::Value,
         container: &Container,
         progress: &mut Progress,
     ) -> anyhow::Result<StepRecord> {

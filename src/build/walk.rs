@@ -90,7 +90,8 @@ pub struct StepJob<'a> {
     pub step: &'a Step,
     pub parent: &'a Image,
     pub key: &'a Digest,
-    pub inputs: std::collections::BTreeMap<String, String>,
+    /// The key document, recorded with the step.
+    pub inputs: serde_json::Value,
     pub sources: &'a Sources,
 }
 
@@ -162,8 +163,14 @@ pub async fn walk<E: Executor>(
             let step = &plan.steps[i];
             let label = label_of(plan, step);
             let parent = image.diff_ids().to_vec();
-            let key = plan.key(step, &parent);
-            let inputs = plan.recorded_inputs(step, &parent);
+            let doc = plan.key_doc(step, &parent);
+            let key = doc.key();
+            let recorded = RecordedStep {
+                text: step.text.clone(),
+                key: key.clone(),
+                from: plan.base.pinned.clone(),
+                inputs: doc,
+            };
             let started = Instant::now();
             let hit = if opts.no_cache {
                 None
@@ -175,7 +182,7 @@ pub async fn walk<E: Executor>(
                 image = image.with_layer(hit.record.layer.clone(), hit.record.diff_id.clone());
                 done.push(Done {
                     key,
-                    inputs,
+                    recorded,
                     label,
                     status: StepStatus::Hit {
                         from: hit.from.clone(),
@@ -190,7 +197,7 @@ pub async fn walk<E: Executor>(
             let reasons = if opts.no_cache {
                 vec!["--no-cache".to_string()]
             } else {
-                let mut r = explain::reasons(&step.text, previous.get(step.number - 1), &inputs);
+                let mut r = explain::reasons(previous.get(step.number - 1), &recorded);
                 if let Some(why) = cache.unusable_reason(&key) {
                     r.insert(0, why.to_string());
                 }
@@ -200,7 +207,7 @@ pub async fn walk<E: Executor>(
                 // A plan: later keys depend on this step's layer.
                 done.push(Done {
                     key,
-                    inputs,
+                    recorded,
                     label,
                     status: StepStatus::Miss { reasons },
                     hit: None,
@@ -228,7 +235,7 @@ pub async fn walk<E: Executor>(
                         step,
                         parent: &image,
                         key: &key,
-                        inputs: inputs.clone(),
+                        inputs: recorded.inputs.to_value(),
                         sources: &sources,
                     },
                     progress,
@@ -237,7 +244,7 @@ pub async fn walk<E: Executor>(
             image = image.with_layer(record.layer.clone(), record.diff_id.clone());
             done.push(Done {
                 key,
-                inputs,
+                recorded,
                 label,
                 status: StepStatus::Miss { reasons },
                 hit: None,
@@ -268,7 +275,7 @@ pub async fn walk<E: Executor>(
 /// A step the walk has been through.
 struct Done {
     key: Digest,
-    inputs: std::collections::BTreeMap<String, String>,
+    recorded: RecordedStep,
     label: StepLabel,
     status: StepStatus,
     hit: Option<Hit>,
@@ -375,14 +382,7 @@ fn show(done: &[Done], shown: &mut usize, total: usize, progress: &mut Progress)
 
 fn finish(plan: &Plan, image: Image, done: Vec<Done>, warnings: Vec<String>) -> Walked {
     let sources = sources_of(plan, &done);
-    let recorded = done
-        .iter()
-        .map(|d| RecordedStep {
-            text: d.label.text.clone(),
-            key: d.key.clone(),
-            inputs: d.inputs.clone(),
-        })
-        .collect();
+    let recorded = done.iter().map(|d| d.recorded.clone()).collect();
     let mut steps: Vec<StepReport> = done
         .into_iter()
         .map(|d| StepReport {

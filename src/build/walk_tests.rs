@@ -261,7 +261,7 @@ fn remote_with_step_one(bed: &Bed, host: &str) -> (RemoteCache, Digest) {
     let layer = b"from the registry";
     let entry = CacheEntry {
         diff_id: Digest::of(b"tar from the registry"),
-        inputs: BTreeMap::new(),
+        inputs: serde_json::Value::Null,
         layer: Descriptor::new(
             MediaType::OCI_LAYER_GZIP,
             Digest::of(layer),
@@ -392,4 +392,20 @@ async fn registry_hits_are_not_downloaded_unless_needed() {
     assert!(exec.ran.is_empty());
     assert!(built.warnings.is_empty());
     assert!(!bed.store.has_blob(&layer), "nothing was fetched");
+}
+
+#[tokio::test]
+async fn a_keep_only_change_misses_with_keep_changed() {
+    let bed = Bed::new();
+    bed.build(&bed.plan(THREE), &mut Scripted::new(&bed.store))
+        .await
+        .unwrap();
+    let kept = bed.plan(&format!("KEEP machine-id\n{THREE}"));
+    let planned = bed.plan_walk(&kept, vec![]).await;
+    assert_eq!(
+        planned.steps[0].status,
+        StepStatus::Miss {
+            reasons: vec!["KEEP changed".into()]
+        }
+    );
 }

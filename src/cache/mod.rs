@@ -153,7 +153,6 @@ pub enum CacheError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::oci::{Descriptor, MediaType};
@@ -169,7 +168,7 @@ mod tests {
             ),
             diff_id: Digest::of(format!("tar {name}").as_bytes()),
             uncompressed_size: 20,
-            inputs: BTreeMap::new(),
+            inputs: serde_json::Value::Null,
             removed_secrets: vec![],
             packages: None,
         }

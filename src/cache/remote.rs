@@ -238,7 +238,7 @@ mod tests {
     fn cache_with(key: &Digest, layer: &[u8]) -> RemoteCache {
         let entry = CacheEntry {
             diff_id: Digest::of(b"tar"),
-            inputs: BTreeMap::new(),
+            inputs: serde_json::Value::Null,
             layer: Descriptor::new(
                 MediaType::OCI_LAYER_GZIP,
                 Digest::of(layer),

@@ -136,10 +136,11 @@ impl Plan {
         lock.for_step(index)
     }
 
-    /// The key of `step` on top of `parent` (the diff_ids below it).
-    pub fn key(&self, step: &Step, parent: &[Digest]) -> Digest {
+    /// The key document of `step` on top of `parent` (the diff_ids below
+    /// it): what its key hashes, and what is recorded to explain a miss.
+    pub fn key_doc(&self, step: &Step, parent: &[Digest]) -> key::KeyDoc {
         let platform = self.platform.to_string();
-        key::step_key(&key::KeyInputs {
+        key::KeyInputs {
             parent,
             platform: &platform,
             epoch: self.epoch,
@@ -147,25 +148,13 @@ impl Plan {
             step: step.definition.clone(),
             inputs: &step.inputs,
             keep: &self.keep,
-        })
+        }
+        .doc()
     }
 
-    /// The inputs of `step` as recorded beside its cache entry.
-    pub fn recorded_inputs(&self, step: &Step, parent: &[Digest]) -> BTreeMap<String, String> {
-        let mut m = step.inputs.clone();
-        m.insert("from".into(), self.base.pinned.clone());
-        m.insert(
-            "parent".into(),
-            Digest::of(format!("{parent:?}").as_bytes()).to_string(),
-        );
-        m.insert("definition".into(), step.definition.to_string());
-        m.insert(
-            "env".into(),
-            serde_json::to_string(&step.env).unwrap_or_default(),
-        );
-        m.insert("platform".into(), self.platform.to_string());
-        m.insert("epoch".into(), self.epoch.to_string());
-        m
+    /// The key of `step` on top of `parent`.
+    pub fn key(&self, step: &Step, parent: &[Digest]) -> Digest {
+        self.key_doc(step, parent).key()
     }
 }
 
