@@ -13,6 +13,8 @@ pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod export;
+pub mod failure;
+pub mod human;
 pub mod image;
 pub mod layer;
 pub mod lock;

@@ -8,6 +8,8 @@
 
 pub mod copy;
 pub mod files;
+pub mod job;
+pub mod prepare;
 pub mod run;
 mod signals;
 pub mod step_cache;
@@ -35,6 +37,7 @@ pub use signals::Interrupted;
 pub use step_cache::{Hit, HitSource, StepCache};
 pub use walk::{StepReport, StepStatus, WalkOptions};
 
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub engine: EngineChoice,
     pub network: Network,
@@ -254,7 +257,7 @@ pub fn summary(built: &Built, tags: &[String]) -> (serde_json::Value, String) {
         built.elapsed.as_secs_f64(),
         built.hits,
         built.runs,
-        crate::cli::human_size(size),
+        crate::human::human_size(size),
         built.image.layers().len()
     );
     (v, text)
