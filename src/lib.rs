@@ -12,6 +12,7 @@ pub mod buildfile;
 pub mod cache;
 pub mod cli;
 pub mod engine;
+pub mod epoch;
 pub mod export;
 pub mod failure;
 pub mod human;

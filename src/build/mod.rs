@@ -210,7 +210,7 @@ fn finalize(plan: &Plan, image: &Image, records: &[StepRecord]) -> Image {
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let created = crate::template::rfc3339(plan.epoch);
+    let created = crate::epoch::rfc3339(plan.epoch);
     annotations.insert(keys::CREATED.into(), created.clone());
     annotations.insert(
         keys::BASE_NAME.into(),

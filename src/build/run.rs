@@ -501,7 +501,7 @@ fn packages_in_upper(upper: &std::path::Path) -> Option<String> {
         return None;
     }
     let text = fs_err::read_to_string(&path).ok()?;
-    let pkgs = crate::template::rootfs::parse_dpkg_status(&text);
+    let pkgs = crate::image::parse_dpkg_status(&text);
     Some(crate::image::package_lines(&pkgs))
 }
 

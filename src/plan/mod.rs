@@ -161,13 +161,13 @@ impl Plan {
 /// The epoch for the image's mtimes: SOURCE_DATE_EPOCH, else the base's
 /// creation time (so a rebuild does not depend on today's date).
 pub fn epoch_for(base: &Resolved) -> i64 {
-    crate::template::source_date_epoch()
+    crate::epoch::source_date_epoch()
         .or_else(|| {
             base.image
                 .config
                 .created
                 .as_deref()
-                .and_then(crate::template::parse_rfc3339)
+                .and_then(crate::epoch::parse_rfc3339)
         })
         .unwrap_or(0)
 }
