@@ -4,9 +4,9 @@
 //! its own repository. Tests skip, saying why, when TPLBUILD_TEST_REGISTRY
 //! is unset (`eval "$(bash scripts/testbed env)"`).
 
-use std::collections::BTreeMap;
-
 use rand::RngCore;
+use tplbuild::build::step_cache::StepLabel;
+use tplbuild::build::{HitSource, StepCache};
 use tplbuild::cache::{
     self, CacheError, RemoteCache, CACHE_ARTIFACT_TYPE, EMPTY_MEDIA_TYPE, INDEX_MEDIA_TYPE,
 };
@@ -142,7 +142,7 @@ fn step_in(store: &Store, name: &str) -> StepRecord {
         layer: Descriptor::new(MediaType::OCI_LAYER_GZIP, digest, layer.len() as u64),
         diff_id: Digest::of(format!("diff {name}").as_bytes()),
         uncompressed_size: 8192,
-        inputs: BTreeMap::from([("run".to_string(), format!("echo {name}"))]),
+        inputs: serde_json::json!({"inputs": {"run": format!("echo {name}")}}),
         removed_secrets: vec!["etc/machine-id".to_string()],
         packages: None,
     }
@@ -213,7 +213,7 @@ async fn second_push_merges_with_the_first() {
 }
 
 #[tokio::test]
-async fn fetch_into_store_makes_a_fresh_store_hit() {
+async fn fetch_layer_makes_a_fresh_store_hit() {
     let Some(bed) = Bed::new("fetch") else { return };
     let a = bed.step("a");
     bed.push(std::slice::from_ref(&a)).await.unwrap();
@@ -225,14 +225,12 @@ async fn fetch_into_store_makes_a_fresh_store_hit() {
     assert_eq!(fresh.get_step(&a.key).unwrap(), None);
 
     let rec = cache
-        .fetch_into_store(&bed.client, &fresh, &a.key)
+        .fetch_layer(&bed.client, &fresh, &a.key)
         .await
-        .unwrap()
-        .expect("a hit");
+        .unwrap();
     assert_eq!(rec, a);
     assert_eq!(fresh.get_step(&a.key).unwrap(), Some(a.clone()));
     fresh.verify_blob(&a.layer.digest).unwrap();
-    assert!(cache.take_fetch_warnings().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,34 +410,42 @@ async fn entry_whose_layer_was_deleted_is_a_miss_with_a_warning() {
     let (_dir, fresh) = bed.fresh_store();
     let cache = bed.load().await;
     assert!(cache.warnings.is_empty(), "{:?}", cache.warnings);
-    // The index still names it; only a download finds out.
+    // The index still names it; the build's step cache finds out.
     assert!(cache.lookup(&a.key).is_some());
-    let got = cache
-        .fetch_into_store(&bed.client, &fresh, &a.key)
-        .await
-        .unwrap();
-    assert_eq!(got, None);
-    let warnings = cache.take_fetch_warnings();
+    let mut steps = StepCache::new(&fresh, &bed.client, vec![cache]);
+    let label = |n: usize| StepLabel {
+        number: n,
+        text: format!("RUN step {n}"),
+        location: format!("Buildfile:{n}"),
+    };
+    assert_eq!(steps.lookup(&a.key, &label(1)).await.unwrap(), None);
+    let warnings = steps.take_warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].contains(&a.layer.digest.to_string()),
+        warnings[0].contains(&a.layer.digest.to_string()) && warnings[0].contains("step 1"),
         "{warnings:?}"
     );
-    assert!(
-        cache.lookup(&a.key).is_none(),
+    assert!(steps.unusable_reason(&a.key).is_some());
+    assert_eq!(
+        steps.lookup(&a.key, &label(1)).await.unwrap(),
+        None,
         "the entry is ignored from then on"
     );
-    assert_eq!(cache.len(), 1);
+    assert!(steps.take_warnings().is_empty(), "warned once");
     assert_eq!(fresh.get_step(&a.key).unwrap(), None);
     assert!(!fresh.has_blob(&a.layer.digest));
     // The other entry still works.
-    assert_eq!(
-        cache
-            .fetch_into_store(&bed.client, &fresh, &b.key)
-            .await
-            .unwrap(),
-        Some(b.clone())
-    );
+    let hit = steps
+        .lookup(&b.key, &label(2))
+        .await
+        .unwrap()
+        .expect("a registry hit");
+    assert!(matches!(hit.from, HitSource::Registry(_)));
+    assert!(steps
+        .fetch(&[(b.key.clone(), &hit, label(2))])
+        .await
+        .is_empty());
+    assert_eq!(fresh.get_step(&b.key).unwrap(), Some(b.clone()));
 }
 
 #[tokio::test]

@@ -75,3 +75,29 @@ fn a_malformed_reference_is_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("digest"), "{err}");
 }
+
+/// `lock`, `fetch` and `build` take the same Buildfile flags, so one
+/// command line serves all three (`fetch --build-arg` was a clap error).
+#[test]
+fn every_command_that_reads_a_buildfile_takes_the_buildfile_flags() {
+    let env = Env::new();
+    for cmd in ["plan", "build", "lock", "fetch", "bundle"] {
+        let help = env.ok(&[cmd, "--help"]);
+        for flag in ["--file", "--build-arg", "--platform"] {
+            assert!(help.contains(flag), "{cmd} --help lacks {flag}:\n{help}");
+        }
+    }
+    let missing = env.path("none/Buildfile");
+    let out = env.run(&[
+        "fetch",
+        "-f",
+        missing.to_str().unwrap(),
+        "--build-arg",
+        "RELEASE=1",
+        "--platform",
+        "linux/amd64",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not exist"), "not a flag error: {err}");
+}

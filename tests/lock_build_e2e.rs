@@ -216,7 +216,7 @@ fn an_air_gapped_machine_builds_from_a_bundle_offline() {
     // The other machine: only the bundle, and no registry may be asked (it
     // is not even named insecure, so any request would fail).
     let offline = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tplbuild"))
+        let out = std::process::Command::new(common::bin())
             .arg("--home")
             .arg(&bundle)
             .env("TPLBUILD_CONFIG_DIR", online.path("no-config"))

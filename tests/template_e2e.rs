@@ -183,7 +183,7 @@ fn an_http_registry_not_named_insecure_is_refused_with_a_hint() {
         return;
     }
     let env = Env::new();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tplbuild"))
+    let out = std::process::Command::new(common::bin())
         .env("TPLBUILD_HOME", env.home())
         .env("TPLBUILD_CONFIG_DIR", env.path("config"))
         .args(["template", "inspect", TEMPLATE])

@@ -9,8 +9,14 @@
 pub mod copy;
 pub mod diff;
 pub mod files;
+pub mod job;
+pub mod prepare;
 pub mod run;
 mod signals;
+pub mod step_cache;
+pub mod walk;
+#[cfg(test)]
+mod walk_tests;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,7 +27,7 @@ use crate::buildfile::Span;
 use crate::engine::{EngineChoice, Network};
 use crate::image::{keys, Image};
 use crate::oci::{Descriptor, Digest, RuntimeConfig};
-use crate::plan::explain::{self, RecordedStep};
+use crate::plan::explain;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::registry::Client;
@@ -29,15 +35,16 @@ use crate::store::{StepRecord, Store};
 use crate::transfer;
 
 pub use signals::Interrupted;
+pub use step_cache::{Hit, HitSource, StepCache};
+pub use walk::{StepReport, StepStatus, WalkOptions};
 
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub engine: EngineChoice,
     pub network: Network,
     /// Where a step's diff is read from (`--diff`).
     pub diff: diff::DiffChoice,
     pub no_cache: bool,
-    /// Registry caches consulted after the local store, in order.
-    pub cache_from: Vec<crate::cache::RemoteCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,133 +82,120 @@ pub struct Built {
     pub elapsed: Duration,
     pub removed_secrets: Vec<String>,
     pub containers_created: usize,
+    /// Registry cache problems met on the way (already printed).
+    pub warnings: Vec<String>,
 }
 
 pub fn location(plan: &Plan, span: Span) -> String {
     format!("{}:{}", plan.buildfile.path.display(), span.line)
 }
 
+/// Walk the plan with the engine as executor, then make and store the
+/// final image. `need_layers`: the outputs read the image, so every
+/// registry hit's layer is fetched (and checked) before this returns.
 pub async fn build(
-    store: &Store,
-    client: &Client,
     plan: &Plan,
+    cache: &mut StepCache<'_>,
     opts: &BuildOptions,
+    need_layers: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<Built> {
     let started = Instant::now();
-    let signals = signals::Signals::install();
-    let total = plan.steps.len();
-    let mut image = plan.base.image.clone();
-    let mut runner: Option<run::Runner> = None;
-    let mut hits = 0;
-    let mut remote_hits = 0;
-    let mut runs = 0;
-    let mut records: Vec<StepRecord> = vec![];
-    let mut sources = transfer::Sources::new(plan.base.source.clone());
-    let mut removed_secrets = vec![];
-    let mut recorded = vec![];
-    let previous = explain::load_previous(store, &plan.buildfile.path);
-
-    for step in &plan.steps {
-        signals.check()?;
-        let t0 = Instant::now();
-        let parent = image.diff_ids().to_vec();
-        let key = plan.key(step, &parent);
-        let inputs = plan.recorded_inputs(step, &parent);
-        let loc = location(plan, step.span);
-        progress.step_start(step.number, total, &step.text, &loc);
-        let cached = if opts.no_cache {
-            None
-        } else {
-            match store.get_step(&key)? {
-                Some(rec) => Some((rec, "HIT")),
-                // A registry hit downloads nothing now: the layer is fetched
-                // (or mounted) only if an output or a later step needs it.
-                None => opts.cache_from.iter().find_map(|c| {
-                    c.lookup(&key).map(|e| {
-                        sources.add(e.layer.digest.clone(), c.reference.clone());
-                        (e.to_record(&key), "HIT (registry)")
-                    })
-                }),
+    let store = cache.store();
+    let mut exec = RunnerExecutor {
+        store: store.clone(),
+        client: cache.client().clone(),
+        opts,
+        signals: signals::Signals::install(),
+        runner: None,
+    };
+    let walked = walk::walk(
+        plan,
+        cache,
+        Some(&mut exec),
+        WalkOptions {
+            no_cache: opts.no_cache,
+            need_layers,
+        },
+        progress,
+    )
+    .await?;
+    let records: Vec<StepRecord> = walked
+        .steps
+        .iter()
+        .filter_map(|s| s.record.clone())
+        .collect();
+    let count = |f: fn(&StepStatus) -> bool| walked.steps.iter().filter(|s| f(&s.status)).count();
+    let hits = count(|s| matches!(s, StepStatus::Hit { .. }));
+    let remote_hits = count(|s| {
+        matches!(
+            s,
+            StepStatus::Hit {
+                from: HitSource::Registry(_)
             }
-        };
-        let (record, status, mut notes) = match cached {
-            Some((rec, status)) => {
-                hits += 1;
-                if status != "HIT" {
-                    remote_hits += 1;
-                }
-                (rec, status, vec![])
-            }
-            None => {
-                let reasons = explain::reasons(&step.text, previous.get(step.number - 1), &inputs);
-                if runner.is_none() {
-                    runner = Some(run::Runner::connect(opts, progress).await?);
-                }
-                let r = runner.as_mut().expect("connected above");
-                let rec = r
-                    .run_step(
-                        store,
-                        client,
-                        &sources,
-                        plan,
-                        step,
-                        &image,
-                        &key,
-                        inputs.clone(),
-                        progress,
-                        &signals,
-                    )
-                    .await?;
-                runs += 1;
-                let notes = if opts.no_cache {
-                    vec!["--no-cache".to_string()]
-                } else {
-                    reasons.iter().map(|r| format!("miss: {r}")).collect()
-                };
-                (rec, "MISS", notes)
-            }
-        };
-        for s in record.removed_secrets.iter().filter(|_| status == "MISS") {
-            notes.push(format!(
-                "removed per-device secret /{s} (keep it with KEEP in the Buildfile)"
-            ));
-        }
-        removed_secrets.extend(record.removed_secrets.iter().cloned());
-        progress.step_done(
-            step.number,
-            total,
-            &step.text,
-            status,
-            t0.elapsed(),
-            &key.to_string(),
-            Some((&record.layer.digest.to_string(), record.layer.size)),
-            &notes,
-        );
-        recorded.push(RecordedStep {
-            text: step.text.clone(),
-            key: key.clone(),
-            inputs,
-        });
-        image = image.with_layer(record.layer.clone(), record.diff_id.clone());
-        records.push(record);
-    }
-
-    let image = finalize(plan, &image, &records);
+        )
+    });
+    let runs = count(|s| matches!(s, StepStatus::Miss { .. }));
+    let removed_secrets = records
+        .iter()
+        .flat_map(|r| r.removed_secrets.iter().cloned())
+        .collect();
+    let image = finalize(plan, &walked.image, &records);
     transfer::store_image(store, &image)?;
-    explain::save(store, &plan.buildfile.path, &recorded);
-    let containers_created = runner.as_ref().map_or(0, |r| r.containers_created);
+    explain::save(store, &plan.buildfile.path, &walked.recorded);
+    let containers_created = exec.runner.as_ref().map_or(0, |r| r.containers_created);
     Ok(Built {
         image,
         records,
-        sources,
+        sources: walked.sources,
         hits,
         remote_hits,
         runs,
         elapsed: started.elapsed(),
         removed_secrets,
         containers_created,
+        warnings: walked.warnings,
     })
+}
+
+/// The build's executor: the engine, connected at the first miss.
+struct RunnerExecutor<'a> {
+    store: Store,
+    client: Client,
+    opts: &'a BuildOptions,
+    signals: signals::Signals,
+    runner: Option<run::Runner>,
+}
+
+impl walk::Executor for RunnerExecutor<'_> {
+    async fn run(
+        &mut self,
+        job: walk::StepJob<'_>,
+        progress: &mut Progress,
+    ) -> anyhow::Result<StepRecord> {
+        if self.runner.is_none() {
+            self.runner = Some(run::Runner::connect(self.opts, progress).await?);
+        }
+        let runner = self.runner.as_mut().expect("connected above");
+        runner
+            .run_step(
+                &self.store,
+                &self.client,
+                job.sources,
+                job.plan,
+                job.step,
+                job.parent,
+                job.key,
+                job.inputs,
+                progress,
+                &self.signals,
+            )
+            .await
+    }
+
+    fn check_interrupted(&self) -> anyhow::Result<()> {
+        Ok(self.signals.check()?)
+    }
 }
 
 /// The final image: ENV, LABELs (also as annotations), the template's
@@ -219,7 +213,7 @@ fn finalize(plan: &Plan, image: &Image, records: &[StepRecord]) -> Image {
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let created = crate::template::rfc3339(plan.epoch);
+    let created = crate::epoch::rfc3339(plan.epoch);
     annotations.insert(keys::CREATED.into(), created.clone());
     annotations.insert(
         keys::BASE_NAME.into(),
@@ -266,7 +260,7 @@ pub fn summary(built: &Built, tags: &[String]) -> (serde_json::Value, String) {
         built.elapsed.as_secs_f64(),
         built.hits,
         built.runs,
-        crate::cli::human_size(size),
+        crate::human::human_size(size),
         built.image.layers().len()
     );
     (v, text)
@@ -277,7 +271,7 @@ pub(crate) fn record_for(
     layer: Descriptor,
     diff_id: Digest,
     uncompressed_size: u64,
-    inputs: BTreeMap<String, String>,
+    inputs: serde_json::Value,
     removed_secrets: Vec<String>,
     packages: Option<String>,
 ) -> StepRecord {

@@ -1,6 +1,5 @@
 //! Running one step in the engine and turning its change into a layer.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use anyhow::Context as _;
@@ -199,7 +198,7 @@ impl Runner {
         step: &Step,
         parent: &Image,
         key: &Digest,
-        inputs: BTreeMap<String, String>,
+        inputs: serde_json::Value,
         progress: &mut Progress,
         signals: &Signals,
     ) -> anyhow::Result<StepRecord> {
@@ -293,7 +292,7 @@ impl Runner {
         step: &Step,
         parent: &Image,
         key: &Digest,
-        inputs: BTreeMap<String, String>,
+        inputs: serde_json::Value,
         container: &Container,
         progress: &mut Progress,
     ) -> anyhow::Result<StepRecord> {
@@ -386,7 +385,7 @@ impl Runner {
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let packages = set.read_file(b"var/lib/dpkg/status").map(|text| {
                     let text = String::from_utf8_lossy(&text);
-                    let pkgs = crate::template::rootfs::parse_dpkg_status(&text);
+                    let pkgs = crate::image::parse_dpkg_status(&text);
                     crate::image::package_lines(&pkgs)
                 });
                 let mut w = store2.blob_writer()?;

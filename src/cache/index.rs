@@ -29,9 +29,10 @@ pub const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
 pub struct CacheEntry {
     /// Digest of the uncompressed layer (a `rootfs.diff_ids` entry).
     pub diff_id: Digest,
-    /// The inputs that made the key, so `plan` can explain a miss.
-    #[serde(default)]
-    pub inputs: BTreeMap<String, String>,
+    /// The key document the key hashes (see `StepRecord::inputs`),
+    /// written with sorted keys like the rest of the index.
+    #[serde(default, serialize_with = "sorted_json")]
+    pub inputs: serde_json::Value,
     /// The compressed layer blob, in the cache repository.
     pub layer: Descriptor,
     /// The dpkg package list after the step, when the step wrote it.
@@ -40,6 +41,10 @@ pub struct CacheEntry {
     #[serde(default)]
     pub removed_secrets: Vec<String>,
     pub uncompressed_size: u64,
+}
+
+fn sorted_json<S: serde::Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+    crate::plan::key::sort_value(v).serialize(s)
 }
 
 impl From<&StepRecord> for CacheEntry {
@@ -295,10 +300,8 @@ mod tests {
     fn entry(name: &str) -> CacheEntry {
         CacheEntry {
             diff_id: Digest::of(format!("tar {name}").as_bytes()),
-            inputs: BTreeMap::from([
-                ("run".to_string(), format!("echo {name}")),
-                ("base".to_string(), "sha256:…".to_string()),
-            ]),
+            // Unsorted on purpose: the encoding sorts.
+            inputs: serde_json::json!({"parent": ["sha256:…"], "inputs": {"run": format!("echo {name}"), "base": "x"}}),
             layer: Descriptor::new(
                 MediaType::OCI_LAYER_GZIP,
                 Digest::of(format!("layer {name}").as_bytes()),
@@ -352,8 +355,9 @@ mod tests {
         ];
         let positions: Vec<usize> = order.iter().map(|k| text.find(k).unwrap()).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
-        // Inputs are a BTreeMap: "base" before "run".
+        // Inputs are sorted too: "base" before "run", "inputs" before "parent".
         assert!(text.find("\"base\"").unwrap() < text.find("\"run\"").unwrap());
+        assert!(text.find("\"run\"").unwrap() < text.find("\"parent\"").unwrap());
         assert!(
             !text.contains('\n') && !text.contains("\": "),
             "compact encoding: {text}"
@@ -441,7 +445,7 @@ mod tests {
         let (index, warnings) = decoded(&serde_json::to_vec(&doc).unwrap());
         assert!(warnings.is_empty());
         let got = &index.entries()[&key("a")];
-        assert!(got.inputs.is_empty() && got.removed_secrets.is_empty());
+        assert!(got.inputs.is_null() && got.removed_secrets.is_empty());
     }
 
     #[test]

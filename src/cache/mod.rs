@@ -26,14 +26,15 @@
 //!
 //! An absent tag is an empty cache. A manifest that is not ours, an index
 //! blob that is missing or not JSON, a `version` newer than this tplbuild
-//! knows, a malformed entry, or an entry whose layer blob is gone: each is a
-//! warning (a string handed back to the caller, never printed here) and the
-//! affected entries are ignored, so the step simply runs. Only the registry
-//! itself failing (unreachable, auth) is an error. [`RemoteCache::lookup`]
-//! touches no network; [`RemoteCache::fetch_into_store`] downloads exactly
-//! one layer, verified, and records the step in the [`Store`] so that the
-//! rest of the build sees a local hit. The index is trusted the way
-//! BuildKit trusts its cache: whoever may push to the cache repository
+//! knows, a malformed entry: each is a warning (a string handed back to the
+//! caller, never printed here) and the affected entries are ignored, so the
+//! step simply runs. Only the registry itself failing (unreachable, auth)
+//! is an error of [`RemoteCache::load`]. [`RemoteCache::lookup`] touches no
+//! network; [`RemoteCache::fetch_layer`] downloads exactly one layer,
+//! verified, and records the step in the [`Store`]. The build's
+//! `build::step_cache` decides what a layer that cannot be had means: a
+//! miss with one warning, never a failed build. The index is trusted the
+//! way BuildKit trusts its cache: whoever may push to the cache repository
 //! decides which layer a key gives.
 //!
 //! # The merge rule for writers
@@ -144,13 +145,14 @@ pub enum CacheError {
         key: Digest,
         digest: Digest,
     },
+    #[error("the cache {reference} has no entry for step {key}")]
+    NoEntry { reference: Reference, key: Digest },
     #[error("the cache reference {0} needs a tag (e.g. {0}:buildcache), not a digest")]
     NeedsTag(Reference),
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::oci::{Descriptor, MediaType};
@@ -166,7 +168,7 @@ mod tests {
             ),
             diff_id: Digest::of(format!("tar {name}").as_bytes()),
             uncompressed_size: 20,
-            inputs: BTreeMap::new(),
+            inputs: serde_json::Value::Null,
             removed_secrets: vec![],
             packages: None,
         }

@@ -3,14 +3,13 @@
 //! ignored entries; only the registry failing as such is an error.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 
 use super::index::{index_blob_of, CacheIndex, Decoded, NoIndex};
 use super::{CacheEntry, CacheError};
 use crate::oci::{Digest, Reference};
 use crate::registry::{Client, RegistryError, VecSink};
-use crate::store::{StepRecord, Store, StoreError};
-use crate::transfer::{ensure_blobs, BlobSource, TransferError};
+use crate::store::{StepRecord, Store};
+use crate::transfer::{ensure_blobs, BlobSource};
 
 /// The index at a tag, as read at one moment.
 #[derive(Debug, Clone)]
@@ -120,9 +119,9 @@ pub(crate) async fn read_snapshot(
 
 /// A cache index read from the registry, for `--cache-from`.
 ///
-/// `lookup` is free (no network). `fetch_into_store` downloads one layer;
-/// it takes `&self` so that layers can be fetched in parallel, and keeps
-/// what it learns (an entry whose layer is gone) behind a lock.
+/// `lookup` is free (no network). `fetch_layer` downloads one layer; it
+/// takes `&self` so that layers can be fetched in parallel. An entry found
+/// unusable is [`RemoteCache::ignore`]d from then on.
 #[derive(Debug)]
 pub struct RemoteCache {
     pub reference: Reference,
@@ -130,9 +129,7 @@ pub struct RemoteCache {
     /// Why parts of the index were ignored when it was loaded.
     pub warnings: Vec<String>,
     /// Keys found unusable after loading (their layer blob is gone).
-    dead: Mutex<BTreeSet<Digest>>,
-    /// Warnings from `fetch_into_store`, until taken.
-    fetch_warnings: Mutex<Vec<String>>,
+    dead: BTreeSet<Digest>,
 }
 
 impl RemoteCache {
@@ -157,8 +154,7 @@ impl RemoteCache {
             reference,
             entries,
             warnings,
-            dead: Mutex::new(BTreeSet::new()),
-            fetch_warnings: Mutex::new(Vec::new()),
+            dead: BTreeSet::new(),
         }
     }
 
@@ -170,7 +166,7 @@ impl RemoteCache {
 
     /// The number of usable entries.
     pub fn len(&self) -> usize {
-        self.entries.len() - lock(&self.dead).len()
+        self.entries.len() - self.dead.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -182,54 +178,35 @@ impl RemoteCache {
         self.entries.keys().filter(|k| !self.is_dead(k))
     }
 
-    /// Warnings that `fetch_into_store` produced since the last call.
-    pub fn take_fetch_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.fetch_warnings))
-    }
-
-    /// Pull the entry's layer blob into the store (verified) and record the
-    /// step locally (`store.put_step`), so the rest of the build treats it
-    /// as a local hit. An unknown key gives `Ok(None)`. A layer that is
-    /// missing in the registry, or whose bytes do not match its digest,
-    /// gives `Ok(None)` plus a warning (see
-    /// [`RemoteCache::take_fetch_warnings`]), and the entry is ignored from
-    /// then on.
-    pub async fn fetch_into_store(
+    /// Pull the entry's layer into the store (verified) and record the
+    /// step there. Any failure is an error, the caller decides what it
+    /// means (the build: a miss with a warning, see
+    /// `build::step_cache`); an unknown key is [`CacheError::NoEntry`].
+    pub async fn fetch_layer(
         &self,
         client: &Client,
         store: &Store,
         key: &Digest,
-    ) -> Result<Option<StepRecord>, CacheError> {
+    ) -> Result<StepRecord, CacheError> {
         let Some(entry) = self.lookup(key) else {
-            return Ok(None);
+            return Err(CacheError::NoEntry {
+                reference: self.reference.clone(),
+                key: key.clone(),
+            });
         };
         let rec = entry.to_record(key);
         let source = BlobSource::Registry(self.reference.clone());
-        match ensure_blobs(store, client, &source, std::slice::from_ref(&entry.layer)).await {
-            Ok(()) => {}
-            Err(e) if transfer_content_problem(&e) => {
-                self.forget(
-                    key,
-                    format!(
-                        "cache {}: ignoring step {}: its layer {} cannot be fetched ({e})",
-                        self.reference,
-                        key.short(),
-                        entry.layer.digest
-                    ),
-                );
-                return Ok(None);
-            }
-            Err(source) => {
-                return Err(CacheError::Transfer {
-                    context: format!(
-                        "fetching the layer of step {} from the cache {}",
-                        key.short(),
-                        self.reference
-                    ),
-                    source,
-                })
-            }
-        }
+        ensure_blobs(store, client, &source, std::slice::from_ref(&entry.layer))
+            .await
+            .map_err(|source| CacheError::Transfer {
+                context: format!(
+                    "fetching the layer {} of step {} from the cache {}",
+                    entry.layer.digest,
+                    key.short(),
+                    self.reference
+                ),
+                source,
+            })?;
         store.put_step(&rec).map_err(|source| CacheError::Store {
             context: format!(
                 "recording step {} from the cache {}",
@@ -238,30 +215,18 @@ impl RemoteCache {
             ),
             source,
         })?;
-        Ok(Some(rec))
+        Ok(rec)
+    }
+
+    /// Stop offering `key` (its layer turned out unusable); the caller
+    /// tells the user why.
+    pub fn ignore(&mut self, key: &Digest) {
+        self.dead.insert(key.clone());
     }
 
     fn is_dead(&self, key: &Digest) -> bool {
-        lock(&self.dead).contains(key)
+        self.dead.contains(key)
     }
-
-    fn forget(&self, key: &Digest, warning: String) {
-        lock(&self.dead).insert(key.clone());
-        lock(&self.fetch_warnings).push(warning);
-    }
-}
-
-fn transfer_content_problem(e: &TransferError) -> bool {
-    match e {
-        TransferError::Registry(e) => is_content_problem(e),
-        TransferError::Store(StoreError::Mismatch { .. }) => true,
-        _ => false,
-    }
-}
-
-/// The lock's data even if a panicking thread held it: the sets stay valid.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -273,7 +238,7 @@ mod tests {
     fn cache_with(key: &Digest, layer: &[u8]) -> RemoteCache {
         let entry = CacheEntry {
             diff_id: Digest::of(b"tar"),
-            inputs: BTreeMap::new(),
+            inputs: serde_json::Value::Null,
             layer: Descriptor::new(
                 MediaType::OCI_LAYER_GZIP,
                 Digest::of(layer),
@@ -307,53 +272,53 @@ mod tests {
         let key = Digest::of(b"key");
         let cache = cache_with(&key, b"layer");
         let rec = cache
-            .fetch_into_store(&offline_client(), &store, &key)
+            .fetch_layer(&offline_client(), &store, &key)
             .await
-            .unwrap()
-            .expect("a hit");
+            .unwrap();
         assert_eq!(store.get_step(&key).unwrap(), Some(rec));
     }
 
     #[tokio::test]
-    async fn unknown_key_is_a_miss_without_warning() {
+    async fn unknown_key_is_no_entry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let cache = cache_with(&Digest::of(b"key"), b"layer");
         let other = Digest::of(b"other");
         assert!(cache.lookup(&other).is_none());
-        let got = cache
-            .fetch_into_store(&offline_client(), &store, &other)
+        let err = cache
+            .fetch_layer(&offline_client(), &store, &other)
             .await
-            .unwrap();
-        assert!(got.is_none());
-        assert!(cache.take_fetch_warnings().is_empty());
+            .unwrap_err();
+        assert!(matches!(err, CacheError::NoEntry { .. }), "{err:?}");
     }
 
     #[tokio::test]
-    async fn an_unreachable_registry_is_an_error_not_a_silent_miss() {
+    async fn an_unreachable_registry_is_an_error_naming_the_layer() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let key = Digest::of(b"key");
         let cache = cache_with(&key, b"not stored");
         let err = cache
-            .fetch_into_store(&offline_client(), &store, &key)
+            .fetch_layer(&offline_client(), &store, &key)
             .await
             .unwrap_err();
         assert!(matches!(err, CacheError::Transfer { .. }), "{err:?}");
-        // The entry stays usable: the next try may reach the registry.
-        assert!(cache.lookup(&key).is_some());
+        assert!(
+            err.to_string()
+                .contains(&Digest::of(b"not stored").to_string()),
+            "{err}"
+        );
+        assert_eq!(store.get_step(&key).unwrap(), None, "nothing recorded");
     }
 
     #[test]
-    fn forgotten_entries_leave_lookup_len_and_keys() {
+    fn ignored_entries_leave_lookup_len_and_keys() {
         let key = Digest::of(b"key");
-        let cache = cache_with(&key, b"layer");
+        let mut cache = cache_with(&key, b"layer");
         assert_eq!(cache.len(), 1);
-        cache.forget(&key, "gone".into());
+        cache.ignore(&key);
         assert!(cache.lookup(&key).is_none());
         assert!(cache.is_empty());
         assert_eq!(cache.keys().count(), 0);
-        assert_eq!(cache.take_fetch_warnings(), vec!["gone".to_string()]);
-        assert!(cache.take_fetch_warnings().is_empty(), "taken once");
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::build::{make_locked_plan, BuildfileArgs};
+use super::args::{make_locked_plan, BuildfileArgs};
 use super::{human_size, Context};
 use crate::oci::Descriptor;
 use crate::store::Store;

@@ -3,7 +3,8 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use super::template::{human_size, parse_target};
+use super::human_size;
+use super::template::parse_target;
 use super::{parse_platform, Context};
 use crate::oci::Target;
 use crate::transfer;
@@ -148,7 +149,7 @@ pub struct ExportArgs {
 
 /// Flatten any image to rootfs outputs.
 pub async fn export(ctx: &Context, a: ExportArgs) -> anyhow::Result<()> {
-    let outputs = super::build::parse_outputs(&a.outputs)?;
+    let outputs = super::args::parse_outputs(&a.outputs)?;
     let resolved = fetch_whole(ctx, &a.reference, a.platform.as_deref()).await?;
     let target = &resolved.pinned;
     let epoch = crate::plan::epoch_for(&resolved);

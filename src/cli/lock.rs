@@ -4,10 +4,9 @@
 
 use clap::Args;
 
-use super::build::{make_plan, BuildfileArgs, EngineArg};
+use super::args::{make_plan, BuildfileArgs, EngineArg};
 use super::template::parse_target;
 use super::{human_size, Context, Failure};
-use crate::engine::EngineChoice;
 use crate::lock::{self, artifact, fetch::FetchError, resolve::Update, Lockfile};
 use crate::oci::{Reference, Target};
 use crate::progress::{Progress, ProgressMode};
@@ -45,14 +44,10 @@ pub struct LockArgs {
     tplbuild fetch -f buildfiles/gateway/Buildfile --cache-from 127.0.0.1:5000/debs/gateway:cache --offline"
 )]
 pub struct FetchArgs {
-    /// The Buildfile whose lock to fetch (reads FILE.lock).
-    #[arg(
-        short = 'f',
-        long = "file",
-        default_value = "Buildfile",
-        value_name = "FILE"
-    )]
-    pub file: std::path::PathBuf,
+    /// The Buildfile whose lock to fetch (FILE.lock); the same Buildfile
+    /// flags as `lock` and `build`, so one command line serves all three.
+    #[command(flatten)]
+    pub bf: BuildfileArgs,
     /// Download nothing; fail naming the .debs the store lacks.
     #[arg(long)]
     pub offline: bool,
@@ -103,11 +98,7 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let client = ctx.client()?;
-    let engine = match a.engine {
-        EngineArg::Auto => EngineChoice::Auto,
-        EngineArg::Docker => EngineChoice::Docker,
-        EngineArg::Podman => EngineChoice::Podman,
-    };
+    let engine = a.engine.choice();
     let progress = Progress::new(ProgressMode::Plain);
     let new = lock::resolve::resolve(
         &ctx.store,
@@ -165,7 +156,7 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
 }
 
 pub async fn fetch_cmd(ctx: &Context, a: FetchArgs) -> anyhow::Result<()> {
-    let path = Lockfile::path_for(&a.file);
+    let path = Lockfile::path_for(&a.bf.file);
     if !path.is_file() {
         return Err(
             Failure::bad_input(format!("{} does not exist", path.display()))

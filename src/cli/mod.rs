@@ -2,14 +2,17 @@
 //! one file per subcommand. Errors travel up as `anyhow::Error`; `report`
 //! prints them and picks the exit code.
 
+mod args;
 mod build;
 mod bundle;
 mod copy;
 mod lock;
+mod plan;
 mod prune;
 mod template;
 
-pub use template::human_size;
+pub use crate::failure::{exit, Failure};
+pub use crate::human::human_size;
 
 use std::path::PathBuf;
 
@@ -17,15 +20,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::oci::Platform;
 use crate::store::Store;
-
-/// Exit codes, like BuildKit's and uv's: 1 for a failed operation, 2 for
-/// bad input (usage, Buildfile), 128+signal for interrupts.
-pub mod exit {
-    pub const FAILURE: u8 = 1;
-    pub const BAD_INPUT: u8 = 2;
-    pub const SIGINT: u8 = 130;
-    pub const SIGTERM: u8 = 143;
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,9 +74,9 @@ pub enum Command {
     /// Copy an image between registries and OCI layouts, like `crane copy`.
     Copy(copy::CopyArgs),
     /// Show each step of a Buildfile with its cache key, HIT or MISS and why.
-    Plan(build::PlanArgs),
+    Plan(args::PlanArgs),
     /// Build a Buildfile: run the missing steps, cache them, export the result.
-    Build(build::BuildArgs),
+    Build(args::BuildArgs),
     /// Flatten any image into a tarball, folder or ext4/erofs/squashfs image.
     Export(copy::ExportArgs),
     /// Write the template, step cache and locked .debs of a Buildfile into
@@ -161,7 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Template(t) => template::run(&ctx, t).await,
         Command::Pull(a) => copy::pull(&ctx, a).await,
         Command::Copy(a) => copy::copy(&ctx, a).await,
-        Command::Plan(a) => build::plan_cmd(&ctx, a).await,
+        Command::Plan(a) => plan::plan_cmd(&ctx, a).await,
         Command::Build(a) => build::build_cmd(&ctx, a).await,
         Command::Export(a) => copy::export(&ctx, a).await,
         Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
@@ -170,48 +164,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(_) => unreachable!("handled above"),
     }
 }
-
-/// An error with an exit code and an optional hint for the user.
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    pub hint: Option<String>,
-    pub code: u8,
-    /// The message is already a full report (Buildfile diagnostics) and is
-    /// printed as it is.
-    pub preformatted: bool,
-}
-
-impl Failure {
-    pub fn bad_input(message: impl Into<String>) -> Self {
-        Failure {
-            message: message.into(),
-            hint: None,
-            code: exit::BAD_INPUT,
-            preformatted: false,
-        }
-    }
-    pub fn failed(message: impl Into<String>) -> Self {
-        Failure {
-            message: message.into(),
-            hint: None,
-            code: exit::FAILURE,
-            preformatted: false,
-        }
-    }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
 
 /// Print an error chain and return the exit code.
 pub fn report(err: &anyhow::Error) -> u8 {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{template::human_size, Failure, GlobalArgs};
+use super::{human_size, Failure, GlobalArgs};
 use crate::store::{parse_age, Store};
 
 #[derive(Args, Debug)]

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{parse_platform, Context, Failure};
+use super::{human_size, parse_platform, Context, Failure};
 use crate::image::keys;
 use crate::oci::{Compression, Target};
 use crate::template::{self, ImportOptions};
@@ -207,19 +207,4 @@ async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
         println!("  {:<32} {:<28} {}", p.name, p.version, p.architecture);
     }
     Ok(())
-}
-
-pub fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

@@ -291,3 +291,107 @@ async fn download(
         Err(e) => Err(stored(e)),
     }
 }
+
+/// Re-hash the stored .debs of `lock` and drop the corrupt ones (so they
+/// are fetched again); returns them as `name version`. A .deb is hashed
+/// once per file version: its size, mtime and inode after a good check
+/// are kept in a store note, and a file that still matches is not read
+/// again (every build checks, and a lock can name hundreds of MB of .debs).
+/// The reading happens off the async threads.
+pub async fn verify_stored(store: &Store, lock: &Lockfile) -> Result<Vec<String>, StoreError> {
+    let debs: Vec<(String, Digest)> = lock
+        .debs()
+        .into_iter()
+        .filter_map(|p| match p.digest() {
+            Some(Ok(d)) => Some((format!("{} {}", p.name, p.version), d)),
+            _ => None,
+        })
+        .collect();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut corrupt = vec![];
+        for (name, digest) in debs {
+            let Ok(meta) = fs_err::metadata(store.blob_path(&digest)) else {
+                continue;
+            };
+            let stamp = file_stamp(&meta);
+            let note = Digest::of(format!("verified-deb-v1 {digest}").as_bytes());
+            if store.get_note(&note).as_ref() == Some(&stamp) {
+                continue;
+            }
+            match store.verify_blob(&digest) {
+                Ok(()) => store.put_note(&note, &stamp)?,
+                Err(StoreError::Corrupt { .. }) => corrupt.push(name),
+                Err(StoreError::Missing { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(corrupt)
+    })
+    .await
+    .map_err(|e| StoreError::from(std::io::Error::other(e)))?
+}
+
+/// What identifies one version of a file without reading it.
+fn file_stamp(meta: &std::fs::Metadata) -> serde_json::Value {
+    use std::os::unix::fs::MetadataExt;
+    serde_json::json!([meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino()])
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use super::*;
+    use crate::lock::{LockedPackage, LockedStep};
+
+    fn lock_of(digest: &Digest) -> Lockfile {
+        let package = LockedPackage {
+            name: "hello".into(),
+            version: "2.10-3".into(),
+            architecture: "amd64".into(),
+            filename: "pool/main/h/hello/hello_2.10-3_amd64.deb".into(),
+            sha256: digest.hex().to_string(),
+            size: 3,
+            uri: "http://deb.debian.org/debian".into(),
+        };
+        let step = LockedStep {
+            index: 0,
+            instruction: "INSTALL hello".into(),
+            replayed: String::new(),
+            packages: vec![package],
+        };
+        Lockfile::new(vec![], vec![step])
+    }
+
+    #[tokio::test]
+    async fn a_checked_deb_is_not_read_again_until_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put_bytes(b"deb").unwrap();
+        let lock = lock_of(&digest);
+        assert!(verify_stored(&store, &lock).await.unwrap().is_empty());
+
+        // Same size, same mtime, same inode: trusted without reading (the
+        // bytes changed behind the store's back, which it cannot see).
+        let path = store.blob_path(&digest);
+        let mtime = fs_err::metadata(&path).unwrap().modified().unwrap();
+        let mut perms = fs_err::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs_err::set_permissions(&path, perms).unwrap();
+        let f = fs_err::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut &f, b"bad").unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        assert!(verify_stored(&store, &lock).await.unwrap().is_empty());
+
+        // Touched: read again, found corrupt, dropped.
+        let f = fs_err::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now()).unwrap();
+        drop(f);
+        assert_eq!(
+            verify_stored(&store, &lock).await.unwrap(),
+            ["hello 2.10-3"]
+        );
+        assert!(!store.has_blob(&digest));
+    }
+}

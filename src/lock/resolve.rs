@@ -226,7 +226,6 @@ pub async fn resolve(
         network: Network::Host,
         diff: Default::default(),
         no_cache: false,
-        cache_from: vec![],
     };
     let mut runner = Runner::connect(&opts, progress).await?;
     let sources = transfer::Sources::new(plan.base.source.clone());

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::oci::Digest;
 
@@ -35,38 +36,62 @@ pub struct KeyInputs<'a> {
     pub keep: &'a [String],
 }
 
-/// Canonical bytes: serde_json with BTreeMap ordering gives sorted keys.
+/// The key document itself, owned: what is hashed for the key, and what
+/// is recorded beside every step (store records, the cache index, the
+/// last build's note), so that a miss is explained from exactly the data
+/// the key was made of. Fields are declared in sorted order: serialising
+/// gives the canonical bytes (sorted keys, no whitespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDoc {
+    pub env: BTreeMap<String, String>,
+    pub epoch: i64,
+    pub format: u32,
+    pub inputs: BTreeMap<String, String>,
+    pub keep: Vec<String>,
+    pub parent: Vec<Digest>,
+    pub platform: String,
+    /// The step definition with its object keys sorted.
+    pub step: Value,
+}
+
+impl KeyDoc {
+    /// The canonical bytes the key hashes.
+    pub fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("key documents serialise")
+    }
+
+    pub fn key(&self) -> Digest {
+        Digest::of(&self.bytes())
+    }
+
+    /// The document as a JSON value, for records.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("key documents serialise")
+    }
+}
+
+impl KeyInputs<'_> {
+    pub fn doc(&self) -> KeyDoc {
+        KeyDoc {
+            env: self.env.clone(),
+            epoch: self.epoch,
+            format: CACHE_FORMAT,
+            inputs: self.inputs.clone(),
+            keep: self.keep.to_vec(),
+            parent: self.parent.to_vec(),
+            platform: self.platform.to_string(),
+            step: sort_value(&self.step),
+        }
+    }
+}
+
+/// Canonical bytes: the [`KeyDoc`] serialised.
 pub fn canonical_bytes(k: &KeyInputs<'_>) -> Vec<u8> {
-    let mut doc: BTreeMap<&str, Value> = BTreeMap::new();
-    doc.insert("format", json!(CACHE_FORMAT));
-    doc.insert(
-        "parent",
-        Value::Array(
-            k.parent
-                .iter()
-                .map(|d| Value::String(d.to_string()))
-                .collect(),
-        ),
-    );
-    doc.insert("platform", json!(k.platform));
-    doc.insert("epoch", json!(k.epoch));
-    doc.insert("env", sorted(k.env));
-    doc.insert("step", sort_value(&k.step));
-    doc.insert("inputs", sorted(k.inputs));
-    doc.insert("keep", json!(k.keep));
-    serde_json::to_vec(&doc).expect("key documents serialise")
+    k.doc().bytes()
 }
 
 pub fn step_key(k: &KeyInputs<'_>) -> Digest {
-    Digest::of(&canonical_bytes(k))
-}
-
-fn sorted(m: &BTreeMap<String, String>) -> Value {
-    let obj: serde_json::Map<String, Value> = m
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    Value::Object(obj)
+    k.doc().key()
 }
 
 /// Rebuild objects with sorted keys (serde_json's map keeps insertion order
@@ -86,6 +111,7 @@ pub fn sort_value(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn sample<'a>(
         parent: &'a [Digest],

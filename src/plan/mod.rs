@@ -136,10 +136,11 @@ impl Plan {
         lock.for_step(index)
     }
 
-    /// The key of `step` on top of `parent` (the diff_ids below it).
-    pub fn key(&self, step: &Step, parent: &[Digest]) -> Digest {
+    /// The key document of `step` on top of `parent` (the diff_ids below
+    /// it): what its key hashes, and what is recorded to explain a miss.
+    pub fn key_doc(&self, step: &Step, parent: &[Digest]) -> key::KeyDoc {
         let platform = self.platform.to_string();
-        key::step_key(&key::KeyInputs {
+        key::KeyInputs {
             parent,
             platform: &platform,
             epoch: self.epoch,
@@ -147,38 +148,26 @@ impl Plan {
             step: step.definition.clone(),
             inputs: &step.inputs,
             keep: &self.keep,
-        })
+        }
+        .doc()
     }
 
-    /// The inputs of `step` as recorded beside its cache entry.
-    pub fn recorded_inputs(&self, step: &Step, parent: &[Digest]) -> BTreeMap<String, String> {
-        let mut m = step.inputs.clone();
-        m.insert("from".into(), self.base.pinned.clone());
-        m.insert(
-            "parent".into(),
-            Digest::of(format!("{parent:?}").as_bytes()).to_string(),
-        );
-        m.insert("definition".into(), step.definition.to_string());
-        m.insert(
-            "env".into(),
-            serde_json::to_string(&step.env).unwrap_or_default(),
-        );
-        m.insert("platform".into(), self.platform.to_string());
-        m.insert("epoch".into(), self.epoch.to_string());
-        m
+    /// The key of `step` on top of `parent`.
+    pub fn key(&self, step: &Step, parent: &[Digest]) -> Digest {
+        self.key_doc(step, parent).key()
     }
 }
 
 /// The epoch for the image's mtimes: SOURCE_DATE_EPOCH, else the base's
 /// creation time (so a rebuild does not depend on today's date).
 pub fn epoch_for(base: &Resolved) -> i64 {
-    crate::template::source_date_epoch()
+    crate::epoch::source_date_epoch()
         .or_else(|| {
             base.image
                 .config
                 .created
                 .as_deref()
-                .and_then(crate::template::parse_rfc3339)
+                .and_then(crate::epoch::parse_rfc3339)
         })
         .unwrap_or(0)
 }

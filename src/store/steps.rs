@@ -1,8 +1,6 @@
 //! The step index: step key → the layer it produced, with the inputs that
 //! made the key, so a later miss can say which input changed.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::{write_atomic, Store, StoreError};
@@ -20,9 +18,11 @@ pub struct StepRecord {
     pub diff_id: Digest,
     /// Uncompressed size, needed to stream the layer into an engine.
     pub uncompressed_size: u64,
-    /// The inputs that made the key, by name, each as a digest or a short
-    /// canonical value.
-    pub inputs: BTreeMap<String, String>,
+    /// The key document (`plan::key::KeyDoc`) the key hashes, so a miss
+    /// can be explained from the same data. (Records written before it
+    /// hold a flat map here; nothing reads this field back as a key.)
+    #[serde(default)]
+    pub inputs: serde_json::Value,
     /// Per-device secrets the step removed, for the build report.
     #[serde(default)]
     pub removed_secrets: Vec<String>,
@@ -127,7 +127,7 @@ mod tests {
             layer: Descriptor::new(MediaType::OCI_LAYER_GZIP, layer.clone(), 5),
             diff_id: Digest::of(b"tar"),
             uncompressed_size: 3,
-            inputs: BTreeMap::from([("copy".into(), "x".into())]),
+            inputs: serde_json::json!({"inputs": {"copy": "x"}}),
             removed_secrets: vec![],
             packages: None,
         };

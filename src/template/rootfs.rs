@@ -93,36 +93,7 @@ fn read_regular(root: &Path, rel: &str) -> Option<String> {
     meta.is_file().then(|| fs_err::read_to_string(path).ok())?
 }
 
-/// Parse dpkg's status database: packages whose Status is `install ok installed`.
-pub fn parse_dpkg_status(status: &str) -> Vec<Package> {
-    let mut out = vec![];
-    for para in status.split("\n\n") {
-        let mut name = None;
-        let mut version = None;
-        let mut arch = None;
-        let mut installed = false;
-        for line in para.lines() {
-            if let Some(v) = line.strip_prefix("Package: ") {
-                name = Some(v.trim());
-            } else if let Some(v) = line.strip_prefix("Version: ") {
-                version = Some(v.trim());
-            } else if let Some(v) = line.strip_prefix("Architecture: ") {
-                arch = Some(v.trim());
-            } else if let Some(v) = line.strip_prefix("Status: ") {
-                installed = v.trim().ends_with(" installed");
-            }
-        }
-        if let (Some(n), Some(v), true) = (name, version, installed) {
-            out.push(Package {
-                name: n.to_string(),
-                version: v.to_string(),
-                architecture: arch.unwrap_or("").to_string(),
-            });
-        }
-    }
-    out.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
-    out
-}
+pub use crate::image::parse_dpkg_status;
 
 pub fn dpkg_arch_to_platform(arch: &str) -> Option<Platform> {
     let (a, v) = match arch {

@@ -175,7 +175,7 @@ pub fn set_jobs(n: usize) {
     JOBS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
-fn jobs() -> usize {
+pub(crate) fn jobs() -> usize {
     JOBS.load(std::sync::atomic::Ordering::Relaxed)
 }
 

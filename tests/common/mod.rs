@@ -71,7 +71,7 @@ impl Env {
     /// `tplbuild ARGS` with this env's store and the loopback registry
     /// named insecure.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tplbuild"));
+        let mut c = Command::new(bin());
         c.env("TPLBUILD_HOME", self.home())
             .env("TPLBUILD_CONFIG_DIR", self.dir.path().join("config"))
             .env_remove("SOURCE_DATE_EPOCH")
@@ -103,6 +103,14 @@ impl Env {
         );
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+/// The tplbuild binary under test: `TPLBUILD_TEST_BIN` when set (engineers
+/// sharing one CARGO_TARGET_DIR from several worktrees overwrite each
+/// other's `target/debug/tplbuild`; a copy of one's own stays put), else
+/// the one cargo built for this test.
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("TPLBUILD_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tplbuild").into())
 }
 
 /// The last `n` lines of `text`, so that a failure's cause is in the panic

@@ -1,0 +1,147 @@
+//! Before any step: the Buildfile parsed, FROM resolved to a digest, the
+//! apt archives' state read (or the lockfile followed), so that every key
+//! can be made. `build`, `plan`, `lock`, `fetch` and `bundle` all start
+//! here, with the same Buildfile flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::buildfile;
+use crate::failure::Failure;
+use crate::lock::Lockfile;
+use crate::oci::{Platform, Target};
+use crate::plan::{self, apt, Plan};
+use crate::registry::Client;
+use crate::store::Store;
+use crate::transfer;
+
+/// What the Buildfile flags say (`-f`, `--build-arg`, `--platform`).
+#[derive(Debug, Clone)]
+pub struct BuildfileSpec {
+    pub file: PathBuf,
+    pub args: BTreeMap<String, String>,
+    pub platform: Platform,
+}
+
+/// The plan `build`, `plan` and `bundle` use: with `FILE.lock` next to the
+/// Buildfile, the apt steps follow it (no archive is asked anything), and
+/// a lockfile that no longer matches the Buildfile is an error. Returns
+/// the warnings to show (a lock resolved on another state).
+pub async fn locked_plan(
+    store: &Store,
+    client: &Client,
+    spec: &BuildfileSpec,
+    offline: bool,
+) -> anyhow::Result<(Plan, Vec<String>)> {
+    let lock_path = Lockfile::path_for(&spec.file);
+    if !lock_path.exists() {
+        return Ok((make(store, client, spec, !offline, offline).await?, vec![]));
+    }
+    let lock = Lockfile::load(&lock_path).map_err(|e| {
+        anyhow::Error::new(e).context(Failure::bad_input(format!(
+            "reading {}",
+            lock_path.display()
+        )))
+    })?;
+    let plan = make(store, client, spec, false, offline).await?;
+    lock.matches(&plan).map_err(|drift| {
+        anyhow::Error::new(
+            Failure::bad_input(format!("{} is out of date: {drift}", lock_path.display()))
+                .with_hint(format!("run `tplbuild lock -f {}`", spec.file.display())),
+        )
+    })?;
+    // The locked packages still install as they are (that is what a lock
+    // is for), but they were resolved on another state: say so.
+    let warnings = lock
+        .replay_drift(&plan)
+        .into_iter()
+        .map(|drift| {
+            format!(
+                "{drift}; the locked packages are used as they are (run `tplbuild lock -f {}` to resolve them again)",
+                spec.file.display()
+            )
+        })
+        .collect();
+    Ok((plan.with_lock(lock), warnings))
+}
+
+/// Parse the Buildfile and resolve everything a key needs, asking the apt
+/// archives (`lock` does this: it resolves against them).
+pub async fn unlocked_plan(
+    store: &Store,
+    client: &Client,
+    spec: &BuildfileSpec,
+) -> anyhow::Result<Plan> {
+    make(store, client, spec, true, false).await
+}
+
+async fn make(
+    store: &Store,
+    client: &Client,
+    spec: &BuildfileSpec,
+    ask_archive: bool,
+    offline: bool,
+) -> anyhow::Result<Plan> {
+    let file = &spec.file;
+    let bf = buildfile::parse_file(file, &spec.args).map_err(|diags| {
+        let n = diags.0.len();
+        let mut f = Failure::bad_input(format!(
+            "{diags}\n{n} error{} in {}; docs/buildfile.md describes every instruction\n",
+            if n == 1 { "" } else { "s" },
+            file.display()
+        ));
+        f.preformatted = true;
+        anyhow::Error::new(f)
+    })?;
+    let from = || {
+        format!(
+            "{}:{}: FROM {}",
+            file.display(),
+            bf.from.span.line,
+            bf.from.reference
+        )
+    };
+    let target = Target::parse(&bf.from.reference).map_err(|e| {
+        anyhow::Error::new(e).context(
+            Failure::bad_input(from()).with_hint("write HOST[:PORT]/REPO[:TAG] or oci:DIR[:TAG]"),
+        )
+    })?;
+    let platform = &spec.platform;
+    let resolved = if offline {
+        transfer::resolve_offline(store, client, &target, platform).await
+    } else {
+        transfer::resolve(store, client, &target, platform)
+            .await
+            .map_err(anyhow::Error::new)
+    };
+    let base = resolved.map_err(|e| e.context(Failure::failed(from())))?;
+    let needs_apt = bf.instructions.iter().any(|i| {
+        matches!(
+            i.kind,
+            buildfile::InstructionKind::Install { .. } | buildfile::InstructionKind::Remove { .. }
+        )
+    });
+    let apt_state = if needs_apt && ask_archive {
+        // A template made by tplbuild names its apt sources; others are read
+        // from their layers (which then must be fetched).
+        let sources = match apt::sources_in_annotations(&base.image) {
+            Some(s) => s,
+            None => {
+                transfer::ensure_blobs(store, client, &base.source, base.image.layers())
+                    .await
+                    .context("fetching the template's layers to read its apt sources")?;
+                let store = store.clone();
+                let image = base.image.clone();
+                tokio::task::spawn_blocking(move || apt::sources_in_image(&store, &image)).await??
+            }
+        };
+        apt::archive_state(&sources).await
+    } else {
+        BTreeMap::new()
+    };
+    let platform = platform.clone();
+    // COPY trees are hashed here: file reads, off the async threads.
+    Ok(tokio::task::spawn_blocking(move || plan::make(bf, base, platform, &apt_state)).await??)
+}

@@ -1,0 +1,228 @@
+//! The flags of `plan` and `build`, and of every command that reads a
+//! Buildfile (`lock`, `fetch`, `bundle`): one definition each, mapped to
+//! the build module's types here and nowhere else.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::template::parse_target;
+use super::{parse_platform, Context, Failure};
+use crate::build::prepare::{self, BuildfileSpec};
+use crate::build::diff::DiffChoice;
+use crate::engine::{EngineChoice, Network};
+use crate::oci::{Reference, Target};
+use crate::plan::Plan;
+use crate::progress::ProgressMode;
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Docker,
+    Podman,
+}
+
+/// `--diff`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DiffArg {
+    /// The overlay upper dir when this process can read it, else the API.
+    Auto,
+    /// Only the overlay upper dir (local engine on overlay storage, as root).
+    Upper,
+    /// Only the engine's API (changes + export): any engine, local or remote.
+    Api,
+}
+
+impl DiffArg {
+    pub fn choice(self) -> DiffChoice {
+        match self {
+            DiffArg::Auto => DiffChoice::Auto,
+            DiffArg::Upper => DiffChoice::Upper,
+            DiffArg::Api => DiffChoice::Api,
+        }
+    }
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NetworkArg {
+    Host,
+    None,
+    Bridge,
+}
+impl EngineArg {
+    pub fn choice(self) -> EngineChoice {
+        match self {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Docker => EngineChoice::Docker,
+            EngineArg::Podman => EngineChoice::Podman,
+        }
+    }
+}
+
+impl NetworkArg {
+    pub fn network(self) -> Network {
+        match self {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+            NetworkArg::Bridge => Network::Bridge,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildfileArgs {
+    /// The Buildfile; its folder is the context COPY reads from.
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "Buildfile",
+        value_name = "FILE"
+    )]
+    pub file: PathBuf,
+    /// Set an ARG (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    pub build_args: Vec<String>,
+    /// Platform of the template to use (default: the host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+impl BuildfileArgs {
+    /// The flags as the build module takes them.
+    pub fn spec(&self) -> anyhow::Result<BuildfileSpec> {
+        Ok(BuildfileSpec {
+            file: self.file.clone(),
+            args: parse_build_args(&self.build_args)?,
+            platform: parse_platform(self.platform.as_deref())?,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each step is shown with its location, its key and HIT (already built) \
+    or MISS with the reason, compared with the previous build of the same Buildfile.\n\n\
+    Example:\n  tplbuild plan -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000"
+)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub bf: BuildfileArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tplbuild build -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000 -o type=oci,dest=out/gateway\n  \
+    tplbuild build -f buildfiles/gateway/Buildfile --tag 127.0.0.1:5000/products/gateway:1 --progress json\n\n\
+    Steps run in Docker or Podman (through their Docker-compatible API), on the host \
+    network by default. A step whose key was built before runs nothing.")]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub bf: BuildfileArgs,
+    /// Which engine runs the steps. auto and docker use DOCKER_HOST or the
+    /// current Docker context when one is set (tcp://, ssh://, unix://: that
+    /// engine only), else the local Docker socket, then (auto) the Podman
+    /// sockets; podman uses CONTAINER_HOST when set. docs/engines.md.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineArg,
+    /// The step containers' network.
+    #[arg(long, value_enum, default_value = "host")]
+    pub network: NetworkArg,
+    /// Where each step's changes are read from. Every source gives the same
+    /// layers; upper is faster but needs a local overlay engine and root.
+    #[arg(long, value_enum, default_value = "auto", env = "TPLBUILD_DIFF")]
+    pub diff: DiffArg,
+    /// Run every step even if it was built before.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Never download: the locked .debs must be in the store (`tplbuild fetch`).
+    #[arg(long)]
+    pub offline: bool,
+    /// Also push or write the result here (repeatable): HOST/REPO:TAG or oci:DIR[:TAG].
+    #[arg(long = "tag", short = 't', value_name = "REF")]
+    pub tags: Vec<String>,
+    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs,dest=PATH[,opt=value] (repeatable).
+    #[arg(long = "output", short = 'o', value_name = "type=T,dest=D")]
+    pub outputs: Vec<String>,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Push the registry cache here after the build: HOST/REPO:TAG.
+    #[arg(long = "cache-to", value_name = "REF")]
+    pub cache_to: Option<String>,
+    /// Which steps --cache-to pushes: min = the final image's layers, max = every step.
+    #[arg(long = "cache-mode", value_enum, default_value = "max")]
+    pub cache_mode: crate::cache::CacheMode,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Consult this registry cache after the local store (repeatable,
+    /// searched in order): HOST/REPO:TAG as written by --cache-to.
+    #[arg(long = "cache-from", value_name = "REF")]
+    pub cache_from: Vec<String>,
+}
+
+pub(crate) fn parse_registry_ref(s: &str, flag: &str) -> anyhow::Result<Reference> {
+    match parse_target(s)? {
+        Target::Registry(r) => Ok(r),
+        Target::Layout { .. } => Err(Failure::bad_input(format!(
+            "{flag} {s}: a registry cache lives in a registry, not an OCI layout"
+        ))
+        .into()),
+    }
+}
+
+fn parse_build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            // `--build-arg NAME` takes the value from the environment, like Docker.
+            _ => std::env::var(kv).map(|v| (kv.clone(), v)).map_err(|_| {
+                Failure::bad_input(format!("--build-arg {kv:?} is not NAME=VALUE")).into()
+            }),
+        })
+        .collect()
+}
+
+/// The plan `plan` and `bundle` use: the lockfile followed when there is
+/// one (its drift warnings printed).
+pub(crate) async fn make_locked_plan(
+    ctx: &Context,
+    a: &BuildfileArgs,
+    offline: bool,
+) -> anyhow::Result<Plan> {
+    let client = ctx.client()?;
+    let (plan, warnings) = prepare::locked_plan(&ctx.store, &client, &a.spec()?, offline).await?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(plan)
+}
+
+/// The plan `lock` resolves: the apt archives asked, no lockfile.
+pub(crate) async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Result<Plan> {
+    let client = ctx.client()?;
+    prepare::unlocked_plan(&ctx.store, &client, &a.spec()?).await
+}
+
+/// Parse `-o` values; a bad one is bad input (exit 2).
+pub fn parse_outputs(items: &[String]) -> anyhow::Result<Vec<crate::export::OutputSpec>> {
+    items
+        .iter()
+        .map(|o| {
+            o.parse::<crate::export::OutputSpec>()
+                .map_err(|e| anyhow::Error::new(Failure::bad_input(format!("-o {o}: {e}"))))
+        })
+        .collect()
+}

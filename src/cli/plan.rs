@@ -1,0 +1,102 @@
+//! `tplbuild plan`: the build's own step walk without an executor, printed.
+
+use serde_json::json;
+
+use super::args::{parse_registry_ref, PlanArgs};
+use super::Context;
+use crate::build::{self, job, HitSource, StepCache, StepStatus};
+use crate::progress::{Progress, ProgressMode};
+
+pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
+    let plan = super::args::make_locked_plan(ctx, &a.bf, false).await?;
+    let client = ctx.client()?;
+    let quiet = Progress::new(ProgressMode::Plain);
+    let refs = a
+        .cache
+        .cache_from
+        .iter()
+        .map(|s| parse_registry_ref(s, "--cache-from"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let caches = job::load_caches(&client, &refs, &quiet, &mut vec![]).await;
+    let mut cache = StepCache::new(&ctx.store, &client, caches);
+    let walked = build::walk::plan(&plan, &mut cache).await?;
+    for w in &walked.warnings {
+        quiet.warn(w);
+    }
+    let total = walked.steps.len();
+    if a.json {
+        let rows: Vec<_> = walked.steps.iter().map(plan_row).collect();
+        let v = json!({
+            "buildfile": plan.buildfile.path.display().to_string(),
+            "from": plan.base.pinned,
+            "platform": plan.platform.to_string(),
+            "epoch": plan.epoch,
+            "steps": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("FROM {}", plan.base.pinned);
+    for s in &walked.steps {
+        let key = s
+            .key
+            .as_ref()
+            .map(|k| k.hex()[..12].to_string())
+            .unwrap_or_else(|| "-".repeat(12));
+        let status = match &s.status {
+            StepStatus::Hit { from } => format!("HIT ({})", source_name(from)),
+            StepStatus::Miss { .. } | StepStatus::After(_) => "MISS".to_string(),
+        };
+        println!(
+            "[{}/{total}] {:<40} {key}  {status}",
+            s.number,
+            truncate(&s.text, 40),
+        );
+        println!("      at {}", s.location);
+        for reason in plan_reasons(&s.status) {
+            println!("      {reason}");
+        }
+    }
+    Ok(())
+}
+
+fn source_name(from: &HitSource) -> String {
+    match from {
+        HitSource::Local => "local".to_string(),
+        HitSource::Registry(r) => r.to_string(),
+    }
+}
+
+fn plan_reasons(status: &StepStatus) -> Vec<String> {
+    match status {
+        StepStatus::Hit { .. } => vec![],
+        StepStatus::Miss { reasons } => reasons.clone(),
+        StepStatus::After(n) => vec![format!("after step {n}")],
+    }
+}
+
+/// One step of `plan --json`.
+fn plan_row(s: &build::StepReport) -> serde_json::Value {
+    let mut row = json!({
+        "step": s.number,
+        "location": s.location,
+        "instruction": s.text,
+        "key": s.key.as_ref().map(|k| k.to_string()),
+        "status": match s.status { StepStatus::Hit { .. } => "HIT", _ => "MISS" },
+    });
+    match &s.status {
+        StepStatus::Hit { from } => row["source"] = json!(source_name(from)),
+        other => row["reasons"] = json!(plan_reasons(other)),
+    }
+    row
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    let first_line = s.lines().next().unwrap_or("");
+    if first_line.chars().count() <= n && !s.contains('\n') {
+        first_line.to_string()
+    } else {
+        let t: String = first_line.chars().take(n - 1).collect();
+        format!("{t}…")
+    }
+}
