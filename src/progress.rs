@@ -44,6 +44,16 @@ impl Progress {
         }
     }
 
+    /// Another reporter in the same mode, with its own output tail (for
+    /// work whose lines are collected rather than shown).
+    pub fn fork(&self) -> Progress {
+        Progress {
+            mode: self.mode,
+            tail: VecDeque::new(),
+            shown: 0,
+        }
+    }
+
     pub fn is_json(&self) -> bool {
         self.mode == ProgressMode::Json
     }

@@ -394,42 +394,6 @@ async fn dropped_guard_removes_its_container_in_the_background() {
 }
 
 #[tokio::test]
-async fn remove_created_removes_what_this_engine_created_and_nothing_else() {
-    for engine in engines().await {
-        let image = base_image(&engine).await;
-        // A separate connection, so other tests' containers are not in its set.
-        let own = connect_host(&engine.info().host).await.unwrap();
-        let a = own
-            .create(&ContainerSpec {
-                image: image.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let b = own
-            .create(&ContainerSpec {
-                image: image.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let other = engine
-            .create(&ContainerSpec {
-                image,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        own.remove(&b).await.unwrap();
-        assert_eq!(own.created_ids(), vec![a.id.clone()]);
-        assert_eq!(own.remove_created().await.unwrap(), 1);
-        assert!(!container_exists(&engine, &a.id).await);
-        assert!(container_exists(&engine, &other.id).await);
-        engine.remove(&other).await.unwrap();
-    }
-}
-
-#[tokio::test]
 async fn cleanup_leftovers_removes_a_step_container_whose_pid_is_dead_and_keeps_live_ones() {
     let host = fs_err::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()

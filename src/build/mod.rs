@@ -6,12 +6,12 @@
 //! *content*, a step that re-runs and yields the same layer lets every
 //! later step hit again (early cutoff).
 
-pub mod copy;
 pub mod diff;
-pub mod files;
 pub mod job;
 pub mod prepare;
 pub mod run;
+#[cfg(test)]
+mod run_tests;
 mod signals;
 pub mod step_cache;
 pub mod walk;
@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::buildfile::Span;
 use crate::engine::{EngineChoice, Network};
 use crate::image::{keys, Image};
 use crate::oci::{Descriptor, Digest, RuntimeConfig};
@@ -43,7 +42,7 @@ pub struct BuildOptions {
     pub engine: EngineChoice,
     pub network: Network,
     /// Where a step's diff is read from (`--diff`).
-    pub diff: diff::DiffChoice,
+    pub diff: crate::engine::DiffChoice,
     pub no_cache: bool,
 }
 
@@ -84,10 +83,6 @@ pub struct Built {
     pub containers_created: usize,
     /// Registry cache problems met on the way (already printed).
     pub warnings: Vec<String>,
-}
-
-pub fn location(plan: &Plan, span: Span) -> String {
-    format!("{}:{}", plan.buildfile.path.display(), span.line)
 }
 
 /// Walk the plan with the engine as executor, then make and store the

@@ -4,15 +4,24 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use super::signals::Signals;
-use super::{location, record_for, BuildError, BuildOptions};
-use crate::engine::{self, Container, ContainerSpec, Engine, EngineError, LoadLayer, LoadSpec};
+use super::{record_for, BuildError, BuildOptions};
+use futures_util::future::BoxFuture;
+
+use crate::engine::{
+    self, run_container, Container, ContainerSpec, ContainerWork, DiffChoice, DiffSource,
+    StepEngine,
+};
 use crate::image::Image;
 use crate::layer::{self, Hygiene, LayerOptions};
 use crate::oci::{Compression, Descriptor, Digest};
 use crate::plan::{Plan, Step, StepKind};
 use crate::progress::Progress;
 use crate::registry::Client;
+use crate::stage::{remember_uncompressed_size, resolve_chown, EngineState};
 use crate::store::{StepRecord, Store};
 use crate::transfer;
 
@@ -29,163 +38,41 @@ pub const ENGINE_PATHS: &[&str] = &[
     "etc/mtab",
 ];
 
+/// Runs the steps that missed, on one engine, for one build or lock.
 pub struct Runner {
-    pub(crate) engine: Engine,
+    engine: Arc<dyn StepEngine>,
     network: engine::Network,
-    diff: super::diff::DiffChoice,
+    diff: DiffChoice,
     /// Whether the diff source was announced.
-    diff_said: bool,
-    indexes: super::diff::Indexes,
+    diff_said: AtomicBool,
+    indexes: tokio::sync::Mutex<super::diff::Indexes>,
     pub containers_created: usize,
-    /// Layers (by diff_id) the engine is known to hold, from the states
-    /// this run loaded or found.
-    present: std::collections::BTreeSet<Digest>,
+    state: EngineState,
 }
 
 impl Runner {
+    /// Connect to the engine `opts` names (see [`engine::connect`]).
     pub async fn connect(opts: &BuildOptions, progress: &Progress) -> anyhow::Result<Self> {
         let engine = engine::connect(opts.engine).await?;
-        let info = engine.info();
-        progress.note(
-            "engine",
-            &format!(
-                "using {} {} (API {}) at {}",
-                info.kind, info.version, info.api_version, info.host
-            ),
-        );
-        match engine.cleanup_leftovers().await {
-            Ok(0) => {}
-            Ok(n) => progress.note(
-                "cleanup",
-                &format!("removed {n} container(s) left by an interrupted tplbuild"),
-            ),
-            Err(e) => progress.warn(&format!("could not look for leftover containers: {e}")),
-        }
-        Ok(Runner {
+        Ok(Self::with_engine(Arc::new(engine), opts, progress).await)
+    }
+
+    /// Run on `engine`: say which it is, and remove what killed runs left.
+    pub async fn with_engine(
+        engine: Arc<dyn StepEngine>,
+        opts: &BuildOptions,
+        progress: &Progress,
+    ) -> Self {
+        engine::introduce(&*engine, progress).await;
+        Runner {
             engine,
             network: opts.network,
             diff: opts.diff,
-            diff_said: false,
+            diff_said: AtomicBool::new(false),
             indexes: Default::default(),
             containers_created: 0,
-            present: Default::default(),
-        })
-    }
-
-    /// Make the engine hold exactly `image`'s layers under a tag derived
-    /// from its digest; load it only if the engine does not have it, and
-    /// then send only the layers it does not have yet.
-    pub(crate) async fn ensure_state(
-        &mut self,
-        store: &Store,
-        client: &Client,
-        sources: &transfer::Sources,
-        image: &Image,
-    ) -> anyhow::Result<String> {
-        let tag = format!("tplbuild/state:{}", image.digest().hex());
-        if self.engine.has_image(&tag).await? {
-            self.present.extend(image.diff_ids().iter().cloned());
-            return Ok(tag);
+            state: EngineState::default(),
         }
-        self.ensure_bottom_layer(store, client, sources, image)
-            .await;
-        let missing: Vec<_> = image
-            .layers()
-            .iter()
-            .zip(image.diff_ids())
-            .filter(|(_, d)| !self.present.contains(*d))
-            .map(|(l, _)| l.clone())
-            .collect();
-        transfer::ensure_from(store, client, sources, &missing)
-            .await
-            .context("fetching the parent layers")?;
-        let spec = self.load_spec(store, image, true)?;
-        let kind = self.engine.info().kind;
-        if let Err(e) = self.engine.load_image(&tag, &spec).await {
-            if !spec.layers.iter().any(|l| l.present) {
-                return Err(
-                    anyhow::Error::new(e).context(format!("loading the parent image into {kind}"))
-                );
-            }
-            // An engine that insists on reading every layer: send them all.
-            tracing::debug!("load with known layers left out failed ({e}); sending all layers");
-            transfer::ensure_from(store, client, sources, image.layers())
-                .await
-                .context("fetching the parent layers")?;
-            let full = self.load_spec(store, image, false)?;
-            self.engine
-                .load_image(&tag, &full)
-                .await
-                .with_context(|| format!("loading the parent image into {kind}"))?;
-        }
-        self.present.extend(image.diff_ids().iter().cloned());
-        Ok(tag)
-    }
-
-    /// Bring the bottom layer (the template's) in with an import, which
-    /// both engines apply much faster than a load; the load that follows
-    /// then leaves it out. Anything going wrong here only means the load
-    /// sends the layer itself.
-    async fn ensure_bottom_layer(
-        &mut self,
-        store: &Store,
-        client: &Client,
-        sources: &transfer::Sources,
-        image: &Image,
-    ) {
-        let (Some(desc), Some(diff_id)) = (image.layers().first(), image.diff_ids().first()) else {
-            return;
-        };
-        if self.present.contains(diff_id) {
-            return;
-        }
-        let tag = format!("tplbuild/layer:{}", diff_id.hex());
-        let result: anyhow::Result<bool> = async {
-            if self.engine.has_image(&tag).await? {
-                return Ok(true);
-            }
-            transfer::ensure_from(store, client, sources, std::slice::from_ref(desc)).await?;
-            let layer = load_layer(store, desc, diff_id, 0, false);
-            let matched = self.engine.import_layer(&tag, &layer).await?;
-            if !matched {
-                let _ = self.engine.remove_image(&tag).await;
-            }
-            Ok(matched)
-        }
-        .await;
-        match result {
-            Ok(true) => {
-                self.present.insert(diff_id.clone());
-            }
-            Ok(false) => {
-                tracing::debug!("the engine imported the bottom layer under another digest")
-            }
-            Err(e) => {
-                tracing::debug!("importing the bottom layer failed ({e}); loading it instead")
-            }
-        }
-    }
-
-    fn load_spec(
-        &self,
-        store: &Store,
-        image: &Image,
-        skip_present: bool,
-    ) -> anyhow::Result<LoadSpec> {
-        let mut layers = vec![];
-        for (desc, diff_id) in image.layers().iter().zip(image.diff_ids()) {
-            let present = skip_present && self.present.contains(diff_id);
-            let size = if present {
-                0
-            } else {
-                uncompressed_size(store, desc, diff_id)?
-            };
-            layers.push(load_layer(store, desc, diff_id, size, present));
-        }
-        Ok(LoadSpec {
-            config_json: image.config_bytes.clone(),
-            layers,
-        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -202,7 +89,7 @@ impl Runner {
         progress: &mut Progress,
         signals: &Signals,
     ) -> anyhow::Result<StepRecord> {
-        let loc = location(plan, step.span);
+        let loc = plan.location(step.span);
         let wrap = |e: anyhow::Error| BuildError::Step {
             location: loc.clone(),
             text: step.text.clone(),
@@ -217,7 +104,8 @@ impl Runner {
             }
         }
         let tag = self
-            .ensure_state(store, client, sources, parent)
+            .state
+            .ensure(&*self.engine, store, client, sources, parent)
             .await
             .map_err(wrap)?;
         let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -238,42 +126,38 @@ impl Runner {
             network,
         };
         // The parent as metadata, to make the step's layer canonical.
-        let tree = match self.indexes.tree(store, parent).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::debug!("indexing the parent needs its layers: {e:#}");
-                transfer::ensure_from(store, client, sources, parent.layers())
-                    .await
-                    .map_err(|e| wrap(e.into()))?;
-                self.indexes.tree(store, parent).await.map_err(wrap)?
-            }
-        };
-        let mut attempt = 1;
-        let result = loop {
-            let container = self
-                .engine
-                .create(&spec)
-                .await
-                .map_err(|e| wrap(e.into()))?;
-            self.containers_created += 1;
-            // From here on the container is removed on every path.
-            let result = tokio::select! {
-                r = self.work(tree.clone(), store, plan, step, parent, key, inputs.clone(), &container, progress) => r,
-                i = signals.wait() => Err(i.into()),
-            };
-            if let Err(e) = self.engine.remove(&container).await {
-                progress.warn(&format!("could not remove container {}: {e}", container.id));
-            }
-            match result {
-                Err(e) if attempt < START_ATTEMPTS && EngineError::never_ran(&e) => {
-                    progress.warn(&format!(
-                        "{e:#}; the step never started, trying again in a new container"
-                    ));
-                    attempt += 1;
+        let tree = {
+            let mut indexes = self.indexes.lock().await;
+            match indexes.tree(store, parent).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!("indexing the parent needs its layers: {e:#}");
+                    transfer::ensure_from(store, client, sources, parent.layers())
+                        .await
+                        .map_err(|e| wrap(e.into()))?;
+                    indexes.tree(store, parent).await.map_err(wrap)?
                 }
-                other => break other,
             }
         };
+        let engine = self.engine.clone();
+        let (result, created) = run_container(
+            &engine,
+            &spec,
+            progress,
+            || async { anyhow::Error::from(signals.wait().await) },
+            StepWork {
+                runner: self,
+                tree,
+                store,
+                plan,
+                step,
+                parent,
+                key,
+                inputs,
+            },
+        )
+        .await;
+        self.containers_created += created;
         result.map_err(|e| match e.downcast::<BuildError>() {
             Ok(b) => b.into(),
             Err(e) => match e.downcast::<super::Interrupted>() {
@@ -283,10 +167,12 @@ impl Runner {
         })
     }
 
+    /// The step's work in its container: feed it, run it, read its
+    /// changes, write and record the layer.
     #[allow(clippy::too_many_arguments)]
     async fn work(
-        &mut self,
-        tree: std::sync::Arc<crate::layer::TreeIndex>,
+        &self,
+        tree: Arc<crate::layer::TreeIndex>,
         store: &Store,
         plan: &Plan,
         step: &Step,
@@ -304,25 +190,34 @@ impl Runner {
                 chmod,
             } => {
                 let (uid, gid) = resolve_chown(store, parent, chown.as_deref())?;
-                let attrs = super::copy::CopyAttrs {
+                let attrs = crate::stage::copy::CopyAttrs {
                     uid,
                     gid,
                     chmod: *chmod,
                     mtime: plan.epoch.max(0) as u64,
                 };
-                let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
-                super::copy::write_copy_tar(
-                    &plan.buildfile.context,
-                    sources,
-                    dest,
-                    &attrs,
-                    &mut tmp,
-                )
-                .context("reading the COPY sources (did they change after planning?)")?;
-                tmp.flush()?;
+                // Reading and framing the sources is blocking work.
+                let (context, sources, dest) = (
+                    plan.buildfile.context.clone(),
+                    sources.clone(),
+                    dest.clone(),
+                );
+                let tmp_dir = store.tmp_dir();
+                let tmp = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)?;
+                    crate::stage::copy::write_copy_tar(&context, &sources, &dest, &attrs, &mut tmp)
+                        .context("reading the COPY sources (did they change after planning?)")?;
+                    tmp.flush()?;
+                    Ok(tmp)
+                })
+                .await??;
                 let file = tokio::fs::File::open(tmp.path()).await?;
                 self.engine
-                    .upload(container, "/", tokio_util::io::ReaderStream::new(file))
+                    .upload(
+                        container,
+                        "/",
+                        Box::pin(tokio_util::io::ReaderStream::new(file)),
+                    )
                     .await?;
             }
             _ => {
@@ -334,9 +229,12 @@ impl Runner {
                 let c = container.clone();
                 let run = tokio::spawn(async move {
                     engine
-                        .run(&c, move |line| {
-                            let _ = tx.send(line.to_string());
-                        })
+                        .run(
+                            &c,
+                            Box::new(move |line: &str| {
+                                let _ = tx.send(line.to_string());
+                            }),
+                        )
                         .await
                 });
                 while let Some(line) = rx.recv().await {
@@ -345,7 +243,7 @@ impl Runner {
                 let code = run.await??;
                 if code != 0 {
                     return Err(BuildError::StepFailed {
-                        location: location(plan, step.span),
+                        location: plan.location(step.span),
                         text: step.text.clone(),
                         code,
                         tail: progress.tail(),
@@ -354,18 +252,18 @@ impl Runner {
                 }
             }
         }
-        let (set, source) = super::diff::read_changes(
-            &self.engine,
-            container,
-            self.diff,
-            store,
-            tree.clone(),
-            Some(plan.epoch),
-        )
-        .await?;
-        if !self.diff_said {
+        let (set, source) = self
+            .engine
+            .read_changes(
+                container,
+                self.diff,
+                &store.tmp_dir(),
+                tree.clone(),
+                Some(plan.epoch),
+            )
+            .await?;
+        if !self.diff_said.swap(true, Ordering::Relaxed) {
             progress.note("diff", source.describe());
-            self.diff_said = true;
         }
         let keep = &plan.keep;
         let opts = LayerOptions {
@@ -394,10 +292,13 @@ impl Runner {
                 Ok((written, index, packages))
             })
             .await??;
-        self.indexes.remember(store, &written.diff_id, index);
+        self.indexes
+            .lock()
+            .await
+            .remember(store, &written.diff_id, index);
         let source_name = match source {
-            super::diff::DiffSource::Upper => "upper",
-            super::diff::DiffSource::Api => "api",
+            DiffSource::Upper => "upper",
+            DiffSource::Api => "api",
         };
         progress.step_diff(
             step.number,
@@ -426,29 +327,38 @@ impl Runner {
     }
 }
 
-/// A stored layer as the engine module sends it.
-fn load_layer(
-    store: &Store,
-    desc: &Descriptor,
-    diff_id: &Digest,
-    uncompressed_size: u64,
-    present: bool,
-) -> LoadLayer {
-    LoadLayer {
-        blob_path: store.blob_path(&desc.digest),
-        compression: desc
-            .media()
-            .layer_compression()
-            .unwrap_or(Compression::Gzip),
-        diff_id: diff_id.clone(),
-        uncompressed_size,
-        present,
-    }
+/// One step's [`Runner::work`], as [`run_container`] calls it.
+struct StepWork<'a> {
+    runner: &'a Runner,
+    tree: Arc<crate::layer::TreeIndex>,
+    store: &'a Store,
+    plan: &'a Plan,
+    step: &'a Step,
+    parent: &'a Image,
+    key: &'a Digest,
+    inputs: serde_json::Value,
 }
 
-/// How many fresh containers a step gets when its command could not be
-/// started in the one before ([`EngineError::NotStarted`]).
-pub(crate) const START_ATTEMPTS: u32 = 3;
+impl ContainerWork for StepWork<'_> {
+    type Output = StepRecord;
+    fn work<'x>(
+        &'x mut self,
+        container: &'x Container,
+        progress: &'x mut Progress,
+    ) -> BoxFuture<'x, anyhow::Result<StepRecord>> {
+        Box::pin(self.runner.work(
+            self.tree.clone(),
+            self.store,
+            self.plan,
+            self.step,
+            self.parent,
+            self.key,
+            self.inputs.clone(),
+            container,
+            progress,
+        ))
+    }
+}
 
 /// Where a locked step's .debs are put in its container (tmp/ is dropped
 /// from layers as volatile).
@@ -457,8 +367,8 @@ const DEB_DIR: &str = "tmp/tplbuild-debs";
 /// The script of a locked apt step: install the given .debs (apt orders and
 /// checks them, with no package lists and no network), mark what the
 /// Buildfile did not ask for as automatically installed, as apt would have.
-fn locked_script(kind: &StepKind, locked: &crate::lock::LockedStep) -> String {
-    use crate::lock::LockedPackage;
+fn locked_script(kind: &StepKind, locked: &crate::lockfile::LockedStep) -> String {
+    use crate::lockfile::LockedPackage;
     match kind {
         StepKind::Install { packages, .. } => {
             let asked: std::collections::BTreeSet<&str> = packages
@@ -489,7 +399,7 @@ impl Runner {
         &self,
         store: &Store,
         container: &Container,
-        locked: &crate::lock::LockedStep,
+        locked: &crate::lockfile::LockedStep,
     ) -> anyhow::Result<()> {
         let debs = crate::lock::deb_paths(store, locked);
         let wanted = locked
@@ -503,79 +413,39 @@ impl Runner {
                 wanted - debs.len()
             );
         }
-        let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
-        {
-            let mut tar = tar::Builder::new(&mut tmp);
-            let mut dir = tar::Header::new_gnu();
-            dir.set_entry_type(tar::EntryType::Directory);
-            dir.set_mode(0o755);
-            dir.set_size(0);
-            tar.append_data(&mut dir, format!("{DEB_DIR}/"), std::io::empty())?;
-            for (path, name) in &debs {
-                let mut f = fs_err::File::open(path)?;
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_size(f.metadata()?.len());
-                tar.append_data(&mut h, format!("{DEB_DIR}/{name}"), &mut f)?;
+        // Copying the .debs into a tar is blocking work.
+        let tmp_dir = store.tmp_dir();
+        let tmp = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)?;
+            {
+                let mut tar = tar::Builder::new(&mut tmp);
+                let mut dir = tar::Header::new_gnu();
+                dir.set_entry_type(tar::EntryType::Directory);
+                dir.set_mode(0o755);
+                dir.set_size(0);
+                tar.append_data(&mut dir, format!("{DEB_DIR}/"), std::io::empty())?;
+                for (path, name) in &debs {
+                    let mut f = fs_err::File::open(path)?;
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_size(f.metadata()?.len());
+                    tar.append_data(&mut h, format!("{DEB_DIR}/{name}"), &mut f)?;
+                }
+                tar.finish()?;
             }
-            tar.finish()?;
-        }
-        tmp.flush()?;
+            tmp.flush()?;
+            Ok(tmp)
+        })
+        .await??;
         let file = tokio::fs::File::open(tmp.path()).await?;
         self.engine
-            .upload(container, "/", tokio_util::io::ReaderStream::new(file))
+            .upload(
+                container,
+                "/",
+                Box::pin(tokio_util::io::ReaderStream::new(file)),
+            )
             .await?;
         Ok(())
     }
-}
-
-pub(crate) fn resolve_chown(
-    store: &Store,
-    image: &Image,
-    chown: Option<&str>,
-) -> anyhow::Result<(u32, u32)> {
-    let Some(spec) = chown else {
-        return Ok((0, 0));
-    };
-    let (u, g) = spec.split_once(':').unwrap_or((spec, spec));
-    let numeric = |s: &str| s.parse::<u32>().ok();
-    if let (Some(a), Some(b)) = (numeric(u), numeric(g)) {
-        return Ok((a, b));
-    }
-    let files = super::files::read_files(store, image, &["etc/passwd", "etc/group"])?;
-    let uid = super::files::lookup_id(files.get("etc/passwd").map(Vec::as_slice), u)
-        .with_context(|| format!("COPY --chown: no user {u:?} in the image's /etc/passwd"))?;
-    let gid = super::files::lookup_id(files.get("etc/group").map(Vec::as_slice), g)
-        .with_context(|| format!("COPY --chown: no group {g:?} in the image's /etc/group"))?;
-    Ok((uid, gid))
-}
-
-/// The store note that holds a layer's uncompressed size.
-fn size_note(diff_id: &Digest) -> Digest {
-    Digest::of(format!("uncompressed-size-v1 {diff_id}").as_bytes())
-}
-
-/// Remember a layer's uncompressed size (known when we wrote it).
-pub fn remember_uncompressed_size(store: &Store, diff_id: &Digest, size: u64) {
-    let note = size_note(diff_id);
-    let _ = store.put_note(&note, &serde_json::json!(size));
-}
-
-/// The uncompressed size of a stored layer (needed to stream it into an
-/// engine as a tar entry), measured once and remembered by diff_id.
-pub fn uncompressed_size(
-    store: &Store,
-    desc: &Descriptor,
-    diff_id: &Digest,
-) -> anyhow::Result<u64> {
-    let note = size_note(diff_id);
-    if let Some(n) = store.get_note(&note).and_then(|v| v.as_u64()) {
-        return Ok(n);
-    }
-    let blob = store.open_blob(&desc.digest)?;
-    let mut r = layer::decompress(blob)?;
-    let n = std::io::copy(&mut r, &mut std::io::sink())?;
-    store.put_note(&note, &serde_json::json!(n))?;
-    Ok(n)
 }

@@ -91,6 +91,15 @@ impl Signals {
         }
     }
 
+    /// Signals that only the returned sender raises (130 = Ctrl-C), for
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> (Self, watch::Sender<u8>) {
+        let (tx, rx) = watch::channel(0u8);
+        let count = Arc::new(AtomicU8::new(0));
+        (Signals { rx, count }, tx)
+    }
+
     pub fn count(&self) -> u8 {
         self.count.load(Ordering::SeqCst)
     }

@@ -287,7 +287,7 @@ fn label_of(plan: &Plan, step: &Step) -> StepLabel {
     StepLabel {
         number: step.number,
         text: step.text.clone(),
-        location: super::location(plan, step.span),
+        location: plan.location(step.span),
     }
 }
 
@@ -400,7 +400,7 @@ fn finish(plan: &Plan, image: Image, done: Vec<Done>, warnings: Vec<String>) -> 
         steps.push(StepReport {
             number: step.number,
             text: step.text.clone(),
-            location: super::location(plan, step.span),
+            location: plan.location(step.span),
             key: None,
             status: StepStatus::After(first_miss),
             record: None,

@@ -10,7 +10,7 @@ use clap::Args;
 use super::template::parse_target;
 use super::{parse_platform, Context, Failure};
 use crate::build::prepare::{self, BuildfileSpec};
-use crate::build::diff::DiffChoice;
+use crate::engine::DiffChoice;
 use crate::engine::{EngineChoice, Network};
 use crate::oci::{Reference, Target};
 use crate::plan::Plan;

@@ -97,12 +97,12 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
         w.commit(Some((d, store.blob_size(d).unwrap_or(0))))?;
     }
     for (desc, diff_id) in base.image.layers().iter().zip(base.image.diff_ids()) {
-        let size = crate::build::run::uncompressed_size(store, desc, diff_id)?;
-        crate::build::run::remember_uncompressed_size(&out, diff_id, size);
+        let size = crate::stage::uncompressed_size(store, desc, diff_id)?;
+        crate::stage::remember_uncompressed_size(&out, diff_id, size);
     }
     for rec in &records {
         out.put_step(rec)?;
-        crate::build::run::remember_uncompressed_size(&out, &rec.diff_id, rec.uncompressed_size);
+        crate::stage::remember_uncompressed_size(&out, &rec.diff_id, rec.uncompressed_size);
     }
     // FROM resolves offline by this name; the layout shows the template too.
     if let crate::oci::Target::Registry(r) =

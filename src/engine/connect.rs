@@ -194,7 +194,6 @@ async fn probe(endpoint: &Endpoint) -> Result<Engine, String> {
     Ok(Engine {
         docker: docker.with_timeout(REQUEST_TIMEOUT),
         info,
-        created: Default::default(),
     })
 }
 

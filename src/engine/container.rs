@@ -77,7 +77,6 @@ impl Engine {
                 "creating a container from {}",
                 spec.image
             )))?;
-        self.track(&created.id, true);
         for w in created.warnings {
             tracing::warn!(container = created.id, "engine: {w}");
         }
@@ -332,14 +331,8 @@ impl Engine {
             ..Default::default()
         };
         match self.docker.remove_container(&c.id, Some(options)).await {
-            Ok(()) => {
-                self.track(&c.id, false);
-                Ok(())
-            }
-            Err(e) if is_not_found(&e) || is_removal_in_progress(&e) => {
-                self.track(&c.id, false);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) || is_removal_in_progress(&e) => Ok(()),
             Err(e) => Err(EngineError::api(format!(
                 "removing container {}",
                 c.short_id()

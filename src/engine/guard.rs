@@ -1,51 +1,18 @@
 //! Making sure a step container never outlives its step.
 //!
 //! Three layers, from the common case to the worst one:
-//! 1. the caller awaits [`ContainerGuard::remove`] on every path it
-//!    controls (success and error alike);
-//! 2. if the guard is dropped without that (a panic, an early `?`, a future
-//!    cancelled by `select!`), `Drop` starts the removal in the background;
-//! 3. on Ctrl-C / SIGTERM the build module's handler calls
-//!    [`Engine::remove_created`], which removes every container this
-//!    process created and has not removed yet, then exits; and a run killed
-//!    with `-9` is cleaned up by the next run's [`Engine::cleanup_leftovers`].
+//! 1. [`super::run_container`] removes the container on every path it
+//!    controls: success, error, and an interrupt (Ctrl-C, SIGTERM), which
+//!    ends the step's work and is answered only after the removal;
+//! 2. it holds the container in a [`ContainerGuard`], so if its own future
+//!    is dropped without finishing (a panic, an outer `select!`), `Drop`
+//!    starts the removal in the background;
+//! 3. a run killed with `-9` is cleaned up by the next run's
+//!    [`Engine::cleanup_leftovers`](super::Engine::cleanup_leftovers).
 
-use super::{Container, Engine, EngineError};
+use std::sync::Arc;
 
-impl Engine {
-    /// Remove every container this process created (through this engine or
-    /// its clones) and has not removed yet: for the Ctrl-C / SIGTERM
-    /// handler, which cannot know which guards are alive. Returns how many
-    /// were removed; tries them all and reports the first error.
-    pub async fn remove_created(&self) -> Result<usize, EngineError> {
-        let ids: Vec<String> = self.created_ids();
-        let mut first_err = None;
-        for id in &ids {
-            if let Err(e) = self.remove(&Container { id: id.clone() }).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(ids.len()),
-        }
-    }
-
-    /// The containers [`Engine::remove_created`] would remove.
-    pub fn created_ids(&self) -> Vec<String> {
-        let set = self.created.lock().unwrap_or_else(|p| p.into_inner());
-        set.iter().cloned().collect()
-    }
-
-    pub(super) fn track(&self, id: &str, alive: bool) {
-        let mut set = self.created.lock().unwrap_or_else(|p| p.into_inner());
-        if alive {
-            set.insert(id.to_string());
-        } else {
-            set.remove(id);
-        }
-    }
-}
+use super::{Container, Engine, EngineError, StepEngine};
 
 /// Owns a step container until it is removed.
 ///
@@ -60,16 +27,28 @@ impl Engine {
 /// result
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct ContainerGuard {
-    engine: Engine,
+    engine: Arc<dyn StepEngine>,
     container: Option<Container>,
+}
+
+impl std::fmt::Debug for ContainerGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerGuard")
+            .field("container", &self.container)
+            .finish()
+    }
 }
 
 impl ContainerGuard {
     pub fn new(engine: &Engine, container: Container) -> Self {
+        Self::shared(Arc::new(engine.clone()), container)
+    }
+
+    /// A guard on any [`StepEngine`].
+    pub fn shared(engine: Arc<dyn StepEngine>, container: Container) -> Self {
         ContainerGuard {
-            engine: engine.clone(),
+            engine,
             container: Some(container),
         }
     }

@@ -1,5 +1,5 @@
 //! Finding the step containers of runs that died without cleaning up
-//! (`kill -9`, a power cut), and of this run for the signal handler.
+//! (`kill -9`, a power cut).
 //!
 //! A container is a leftover when it carries `dev.tplbuild.step`, was made on
 //! this host (`dev.tplbuild.host`), and the process in `dev.tplbuild.pid` is

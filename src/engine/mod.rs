@@ -1,15 +1,17 @@
 //! Docker and Podman, reached through their Docker-compatible API (bollard).
 //!
-//! The `build` module is the only caller: for a step whose key misses the
-//! store, it [`Engine::load_image`]s the parent (a docker-archive streamed
-//! from store blobs), [`Engine::create`]s a labelled step container,
-//! [`Engine::upload`]s COPY sources through the archive API, [`Engine::run`]s
-//! the script, and hands the result to the `layer` code either as the overlay
-//! upper dir ([`Engine::upper_dir`], the local fast path) or as
-//! [`Engine::changes`] + [`Engine::export`] (the API path that also works for
-//! a remote engine). Every container is removed on every path: see
-//! [`ContainerGuard`] for the rules a caller must follow, and
-//! [`Engine::cleanup_leftovers`] for the runs that were killed with `-9`.
+//! Building meets this module through the [`StepEngine`] trait (the seam;
+//! a fake implements it for unit tests): a step's parent is loaded
+//! ([`Engine::load_image`], a docker-archive streamed from store blobs), a
+//! labelled step container is created, COPY sources go in through the
+//! archive API ([`Engine::upload`], never a bind mount, so remote engines
+//! work), the script runs ([`Engine::run`]), and the changes come back as a
+//! `layer::ChangeSet` ([`Engine::read_changes`]): from the overlay upper
+//! dir when this process can read it, else through `changes` + `export`.
+//! [`run_container`] is the one place a step or lock container lives and
+//! dies: it is removed on every path ([`ContainerGuard`]), and
+//! [`Engine::cleanup_leftovers`] removes what runs killed with `-9` left.
+//! [`connect`] finds the engine the way the Docker and Podman CLIs do.
 //!
 //! Both engines speak the same API here (Docker 20.10 and Podman 4.3 both
 //! negotiate 1.41); where they differ (Podman's upper dir holds mount points
@@ -19,15 +21,23 @@
 mod archive;
 mod connect;
 mod container;
+mod diff;
+#[cfg(test)]
+pub(crate) mod fake;
 mod guard;
 mod image;
 mod leftovers;
+mod seam;
 
 use std::path::PathBuf;
 
 pub use archive::{LoadLayer, LoadSpec};
 pub use connect::{connect, connect_host, ConnectError};
+pub use diff::{DiffChoice, DiffSource};
 pub use guard::ContainerGuard;
+pub use seam::{
+    introduce, run_container, ByteStream, ContainerWork, LineSink, StepEngine, START_ATTEMPTS,
+};
 
 /// Which engine `--engine` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,9 +85,6 @@ pub struct EngineInfo {
 pub struct Engine {
     docker: bollard::Docker,
     info: EngineInfo,
-    /// Ids of the containers this process created and has not removed yet,
-    /// shared by clones, for [`Engine::remove_created`].
-    created: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Engine {

@@ -15,13 +15,15 @@
 //! resolver must reproduce it (and fails if the archive dropped one).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::build::run::Runner;
-use crate::build::BuildOptions;
-use crate::engine::{ContainerSpec, Engine, EngineChoice, EngineError, Network};
+use crate::engine::{
+    self, run_container, ContainerSpec, ContainerWork, EngineChoice, Network, StepEngine,
+};
 use crate::plan::{Plan, Step, StepKind};
 use crate::progress::Progress;
 use crate::registry::Client;
+use crate::stage::EngineState;
 use crate::store::Store;
 use crate::transfer;
 
@@ -174,17 +176,16 @@ fn copy_bundle(store: &Store, plan: &Plan) -> anyhow::Result<Option<tempfile::Na
         else {
             continue;
         };
-        let (uid, gid) =
-            crate::build::run::resolve_chown(store, &plan.base.image, chown.as_deref())
-                .unwrap_or((0, 0));
-        let attrs = crate::build::copy::CopyAttrs {
+        let (uid, gid) = crate::stage::resolve_chown(store, &plan.base.image, chown.as_deref())
+            .unwrap_or((0, 0));
+        let attrs = crate::stage::copy::CopyAttrs {
             uid,
             gid,
             chmod: *chmod,
             mtime: plan.epoch.max(0) as u64,
         };
         let mut inner = tempfile::tempfile_in(store.tmp_dir())?;
-        crate::build::copy::write_copy_tar(
+        crate::stage::copy::write_copy_tar(
             &plan.buildfile.context,
             sources,
             dest,
@@ -221,16 +222,11 @@ pub async fn resolve(
         return Ok(Lockfile::new(vec![], vec![]));
     }
     let script = uris::script(&requests(&plan.steps, previous, update));
-    let opts = BuildOptions {
-        engine,
-        network: Network::Host,
-        diff: Default::default(),
-        no_cache: false,
-    };
-    let mut runner = Runner::connect(&opts, progress).await?;
+    let engine: Arc<dyn StepEngine> = Arc::new(engine::connect(engine).await?);
+    engine::introduce(&*engine, progress).await;
     let sources = transfer::Sources::new(plan.base.source.clone());
-    let tag = runner
-        .ensure_state(store, client, &sources, &plan.base.image)
+    let tag = EngineState::default()
+        .ensure(&*engine, store, client, &sources, &plan.base.image)
         .await?;
     let spec = ContainerSpec {
         image: tag,
@@ -239,22 +235,29 @@ pub async fn resolve(
         network: Network::Host,
     };
     let bundle = copy_bundle(store, plan)?;
-    let engine = runner.engine.clone();
-    let mut attempt = 1;
-    let (code, lines) = loop {
-        match run_once(&engine, &spec, bundle.as_ref().map(|b| b.path()), progress).await {
-            Err(e) if attempt < crate::build::run::START_ATTEMPTS && EngineError::never_ran(&e) => {
-                progress.warn(&format!("{e:#}; trying again in a new container"));
-                attempt += 1;
-            }
-            other => break other?,
-        }
-    };
+    let bundle = bundle.as_ref().map(|b| b.path());
+    // Output is collected, not shown: it is apt's answer.
+    let mut quiet = progress.fork();
+    let (result, _) = run_container(
+        &engine,
+        &spec,
+        &mut quiet,
+        || async {
+            let _ = tokio::signal::ctrl_c().await;
+            anyhow::Error::from(ResolveError::Interrupted)
+        },
+        LockWork {
+            engine: &*engine,
+            bundle,
+        },
+    )
+    .await;
+    let (code, lines) = result?;
     if code != 0 {
         if let Some((n, printed)) = uris::failed_replay(&lines) {
             if let Some(step) = plan.steps.iter().find(|s| s.number == n) {
                 return Err(ResolveError::ReplayFailed {
-                    location: crate::build::location(plan, step.span),
+                    location: plan.location(step.span),
                     text: step.text.clone(),
                     tail: last(&printed, 20),
                 }
@@ -284,56 +287,46 @@ pub async fn resolve(
     Ok(Lockfile::new(archives(plan, &out.in_release), locked))
 }
 
-/// One lock container: created, given the COPY steps' tars, run to the
-/// end (or to Ctrl-C), removed. Returns its exit code and every line it
-/// printed.
+/// The work in one lock container.
+struct LockWork<'a> {
+    engine: &'a dyn StepEngine,
+    bundle: Option<&'a std::path::Path>,
+}
+
+impl ContainerWork for LockWork<'_> {
+    type Output = (i64, Vec<String>);
+    fn work<'x>(
+        &'x mut self,
+        container: &'x crate::engine::Container,
+        _: &'x mut Progress,
+    ) -> futures_util::future::BoxFuture<'x, anyhow::Result<Self::Output>> {
+        Box::pin(run_once(self.engine, container, self.bundle))
+    }
+}
+
+/// Given the COPY steps' tars, run to the end. Returns the exit code and
+/// every line the container printed.
 async fn run_once(
-    engine: &Engine,
-    spec: &ContainerSpec,
+    engine: &dyn StepEngine,
+    container: &crate::engine::Container,
     bundle: Option<&std::path::Path>,
-    progress: &Progress,
 ) -> anyhow::Result<(i64, Vec<String>)> {
-    let container = engine.create(spec).await?;
-    let result = async {
-        if let Some(path) = bundle {
-            let file = tokio::fs::File::open(path).await?;
-            engine
-                .upload(&container, "/", tokio_util::io::ReaderStream::new(file))
-                .await
-                .context("putting the COPY steps' files in the lock container")?;
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let run = {
-            let engine = engine.clone();
-            let c = container.clone();
-            tokio::spawn(async move {
-                engine
-                    .run(&c, move |line| {
-                        let _ = tx.send(line.to_string());
-                    })
-                    .await
-            })
-        };
-        let collect = async {
-            let mut lines = vec![];
-            while let Some(l) = rx.recv().await {
-                lines.push(l);
-            }
-            lines
-        };
-        tokio::select! {
-            lines = collect => Ok((run.await??, lines)),
-            _ = tokio::signal::ctrl_c() => {
-                run.abort();
-                Err(ResolveError::Interrupted.into())
-            }
-        }
+    if let Some(path) = bundle {
+        let file = tokio::fs::File::open(path).await?;
+        engine
+            .upload(
+                container,
+                "/",
+                Box::pin(tokio_util::io::ReaderStream::new(file)),
+            )
+            .await
+            .context("putting the COPY steps' files in the lock container")?;
     }
-    .await;
-    if let Err(e) = engine.remove(&container).await {
-        progress.warn(&format!("could not remove container {}: {e}", container.id));
-    }
-    result
+    let mut lines = vec![];
+    let code = engine
+        .run(container, Box::new(|l: &str| lines.push(l.to_string())))
+        .await?;
+    Ok((code, lines))
 }
 
 /// The last `n` of `lines`.

@@ -101,14 +101,19 @@ pub struct Plan {
     pub labels: BTreeMap<String, String>,
     pub keep: Vec<String>,
     /// The lockfile the apt steps follow, when the Buildfile has one.
-    pub locked: Option<crate::lock::Lockfile>,
+    pub locked: Option<crate::lockfile::Lockfile>,
 }
 
 impl Plan {
     /// Follow a lockfile: each apt step's key covers its locked package set
     /// (names, versions, .deb digests) instead of the archive's state, and
     /// the build installs exactly those .debs.
-    pub fn with_lock(mut self, lock: crate::lock::Lockfile) -> Self {
+    /// `FILE:LINE` of a span of the Buildfile, as errors name steps.
+    pub fn location(&self, span: Span) -> String {
+        format!("{}:{}", self.buildfile.path.display(), span.line)
+    }
+
+    pub fn with_lock(mut self, lock: crate::lockfile::Lockfile) -> Self {
         let apt_steps = self.steps.iter_mut().filter(|s| s.kind.uses_apt());
         for (apt_index, step) in apt_steps.enumerate() {
             step.inputs.retain(|k, _| !k.starts_with("apt:"));
@@ -126,7 +131,7 @@ impl Plan {
     }
 
     /// The locked step for the plan step `step`, if the plan is locked.
-    pub fn locked_step(&self, step: &Step) -> Option<&crate::lock::LockedStep> {
+    pub fn locked_step(&self, step: &Step) -> Option<&crate::lockfile::LockedStep> {
         let lock = self.locked.as_ref()?;
         let index = self
             .steps

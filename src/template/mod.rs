@@ -124,11 +124,7 @@ pub fn import(
     let mut writer = store.blob_writer()?;
     let written = layer::write_dir(root, &mut writer, &layer_opts).map_err(TemplateError::Layer)?;
     writer.commit(Some((&written.digest, written.size)))?;
-    crate::build::run::remember_uncompressed_size(
-        store,
-        &written.diff_id,
-        written.uncompressed_size,
-    );
+    crate::stage::remember_uncompressed_size(store, &written.diff_id, written.uncompressed_size);
 
     // `created` must not depend on when the import ran, or importing the
     // same source twice would give two digests: SOURCE_DATE_EPOCH, else the
