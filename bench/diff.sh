@@ -38,20 +38,27 @@ clean() {
   rm -rf "$WORK/home"
 }
 
-# run MODE HOST [extra args]: one cold build.
-run() {
+# cmd MODE HOST [extra args]: the command line of one build, in CMD
+# (measure runs it under /usr/bin/time, so it cannot be a function).
+cmd() {
   local mode="$1" host="$2"; shift 2
-  clean "$host"
-  env TPLBUILD_HOME="$WORK/home" DOCKER_HOST="$host" \
-    "${TPL[@]}" build -f "$BUILDFILE" --build-arg "BASE=$BASE" --engine docker \
-    --diff "$mode" "$@"
+  CMD=(env TPLBUILD_HOME="$WORK/home" DOCKER_HOST="$host"
+    "${TPL[@]}" build -f "$BUILDFILE" --build-arg "BASE=$BASE" --engine docker
+    --diff "$mode" "$@")
+}
+
+# cold LABEL MODE HOST: clean (not timed), then one timed cold build.
+cold() {
+  clean "$3"
+  cmd "$2" "$3" --progress plain
+  measure tplbuild "$1" "${CMD[@]}"
 }
 
 for _ in $(seq 1 "$RUNS"); do
-  measure tplbuild "cold, local, --diff upper" run upper "$DOCKER_SOCK" --progress plain
-  measure tplbuild "cold, local, --diff api" run api "$DOCKER_SOCK" --progress plain
+  cold "cold, local, --diff upper" upper "$DOCKER_SOCK"
+  cold "cold, local, --diff api" api "$DOCKER_SOCK"
   if [ -n "$REMOTE" ]; then
-    measure tplbuild "cold, remote tcp, --diff api" run api "$REMOTE" --progress plain
+    cold "cold, remote tcp, --diff api" api "$REMOTE"
   fi
 done
 
@@ -66,11 +73,13 @@ echo
 # Bytes per step, from one more run of each mode.
 bytes_table() {
   local label="$1" mode="$2" host="$3" out="$WORK/logs/bytes-$2-${3//[^a-z0-9]/_}.json"
-  run "$mode" "$host" --progress json >"$out" 2>&1 || { echo "$label: the run failed ($out)"; return 0; }
+  clean "$host"
+  cmd "$mode" "$host" --progress json
+  "${CMD[@]}" >"$out" 2>&1 || { echo "$label: the run failed ($out)"; return 0; }
   echo "$label"
   jq -r 'select(.event == "step-diff") |
     "  step \(.step): read \(.read_bytes / 1048576 * 10 | floor / 10) MiB for a \(.layer_uncompressed_bytes / 1048576 * 10 | floor / 10) MiB layer (\(if .layer_uncompressed_bytes > 0 then (.read_bytes / .layer_uncompressed_bytes * 10 | floor / 10) else "-" end)×; goal ≤ 2×)"' "$out"
 }
-bytes_table "local, --diff upper (bytes read from the upper dir)" upper "$DOCKER_SOCK"
+bytes_table "local, --diff upper (bytes of the files in the upper dir, apt caches included)" upper "$DOCKER_SOCK"
 bytes_table "local, --diff api (bytes of the export stream)" api "$DOCKER_SOCK"
 [ -z "$REMOTE" ] || bytes_table "remote tcp, --diff api" api "$REMOTE"
