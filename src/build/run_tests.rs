@@ -283,3 +283,99 @@ async fn an_interrupt_mid_step_removes_the_container_and_records_nothing() {
     assert_eq!(bed.counts(), (1, 1, 0));
     assert!(bed.store.get_step(&key()).unwrap().is_none());
 }
+
+/// The walk with the build's own executor on the fake engine.
+async fn walk_on_fake(bed: &Bed, plan: &Plan, signals: Signals) -> anyhow::Result<Vec<String>> {
+    use super::step_cache::StepCache;
+    use super::walk::{self, WalkOptions};
+    let opts = BuildOptions {
+        engine: Default::default(),
+        network: Network::Host,
+        diff: Default::default(),
+        no_cache: false,
+    };
+    let mut exec = super::RunnerExecutor {
+        store: bed.store.clone(),
+        client: bed.client.clone(),
+        opts: &opts,
+        signals,
+        runner: Some(bed.runner().await),
+    };
+    let mut cache = StepCache::new(&bed.store, &bed.client, vec![]);
+    let mut progress = Progress::new(ProgressMode::Plain);
+    let walked = walk::walk(
+        plan,
+        &mut cache,
+        Some(&mut exec),
+        WalkOptions::default(),
+        &mut progress,
+    )
+    .await?;
+    crate::plan::explain::save(&bed.store, &plan.buildfile.path, &walked.recorded);
+    Ok(walked
+        .steps
+        .iter()
+        .map(|s| s.status.label().to_string())
+        .collect())
+}
+
+fn writes(path: &str, content: &str) -> Effect {
+    Effect {
+        files: vec![(path.into(), content.as_bytes().to_vec())],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_walk_on_the_fake_engine_misses_then_hits_and_cuts_off_early() {
+    let bed = Bed::new();
+    bed.engine.on("step-a", writes("a", "1"));
+    bed.engine.on("step-b", writes("b", "2"));
+    bed.engine.on("step-c", writes("c", "3"));
+    let plan = bed.plan("RUN step-a\nRUN step-b\nRUN step-c\n", &[]);
+    let statuses = walk_on_fake(&bed, &plan, signals()).await.unwrap();
+    assert_eq!(statuses, ["MISS", "MISS", "MISS"]);
+    assert_eq!(bed.counts(), (3, 3, 0));
+
+    // Nothing changed: nothing runs.
+    let statuses = walk_on_fake(&bed, &plan, signals()).await.unwrap();
+    assert_eq!(statuses, ["HIT", "HIT", "HIT"]);
+    assert_eq!(bed.counts(), (3, 3, 0));
+
+    // Step b changes but writes the same: it runs, and c hits again.
+    bed.engine.on("step-b --again", writes("b", "2"));
+    let plan = bed.plan("RUN step-a\nRUN step-b --again\nRUN step-c\n", &[]);
+    let statuses = walk_on_fake(&bed, &plan, signals()).await.unwrap();
+    assert_eq!(statuses, ["HIT", "MISS", "HIT"]);
+    assert_eq!(bed.counts(), (4, 4, 0));
+}
+
+#[tokio::test]
+async fn a_walk_interrupted_in_its_second_step_keeps_the_first_and_records_nothing_more() {
+    let bed = Bed::new();
+    bed.engine.on("step-a", writes("a", "1"));
+    bed.engine.on(
+        "step-b",
+        Effect {
+            hang: true,
+            ..Default::default()
+        },
+    );
+    let plan = bed.plan("RUN step-a\nRUN step-b\n", &[]);
+    let (signals, raise) = Signals::for_tests();
+    let counts = bed.engine.counts.clone();
+    tokio::spawn(async move {
+        // Once the second container exists, press Ctrl-C.
+        while counts.lock().unwrap().created < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let _ = raise.send(130);
+    });
+    assert!(walk_on_fake(&bed, &plan, signals).await.is_err());
+    assert_eq!(bed.counts(), (2, 2, 0), "both containers removed");
+    // What a plan now says: the first step is built, the second is not.
+    let mut cache = super::step_cache::StepCache::new(&bed.store, &bed.client, vec![]);
+    let walked = super::walk::plan(&plan, &mut cache).await.unwrap();
+    let statuses: Vec<&str> = walked.steps.iter().map(|s| s.status.label()).collect();
+    assert_eq!(statuses, ["HIT", "MISS"]);
+}
