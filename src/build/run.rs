@@ -105,7 +105,7 @@ impl Runner {
         }
         let tag = self
             .state
-            .ensure(&*self.engine, store, client, sources, parent)
+            .ensure(&*self.engine, store, client, sources, parent, progress)
             .await
             .map_err(wrap)?;
         let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -252,6 +252,7 @@ impl Runner {
                 }
             }
         }
+        let reading = std::time::Instant::now();
         let (set, source) = self
             .engine
             .read_changes(
@@ -264,6 +265,16 @@ impl Runner {
             .await?;
         if !self.diff_said.swap(true, Ordering::Relaxed) {
             progress.note("diff", source.describe());
+        }
+        if source == DiffSource::Api {
+            progress.note(
+                "engine-read",
+                &format!(
+                    "read {} of the container's files through the engine API in {:.1}s",
+                    crate::human::human_size(set.read_bytes),
+                    reading.elapsed().as_secs_f64()
+                ),
+            );
         }
         let keep = &plan.keep;
         let opts = LayerOptions {

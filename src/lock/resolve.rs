@@ -226,7 +226,14 @@ pub async fn resolve(
     engine::introduce(&*engine, progress).await;
     let sources = transfer::Sources::new(plan.base.source.clone());
     let tag = EngineState::default()
-        .ensure(&*engine, store, client, &sources, &plan.base.image)
+        .ensure(
+            &*engine,
+            store,
+            client,
+            &sources,
+            &plan.base.image,
+            progress,
+        )
         .await?;
     let spec = ContainerSpec {
         image: tag,

@@ -11,6 +11,7 @@ use crate::engine::{LoadLayer, LoadSpec, StepEngine};
 use crate::image::Image;
 use crate::layer;
 use crate::oci::{Compression, Descriptor, Digest};
+use crate::progress::Progress;
 use crate::registry::Client;
 use crate::store::Store;
 use crate::transfer;
@@ -27,6 +28,9 @@ impl EngineState {
     /// Make the engine hold exactly `image`'s layers under a tag derived
     /// from its digest; load it only if the engine does not have it, and
     /// then send only the layers it does not have yet.
+    ///
+    /// What was sent is reported on `progress` (an engine on another
+    /// machine may take a while to receive it).
     pub async fn ensure(
         &mut self,
         engine: &dyn StepEngine,
@@ -34,6 +38,7 @@ impl EngineState {
         client: &Client,
         sources: &transfer::Sources,
         image: &Image,
+        progress: &Progress,
     ) -> anyhow::Result<String> {
         let tag = format!("tplbuild/state:{}", image.digest().hex());
         if engine.has_image(&tag).await? {
@@ -54,6 +59,8 @@ impl EngineState {
             .context("fetching the parent layers")?;
         let spec = self.load_spec(store, image, true).await?;
         let kind = engine.info().kind;
+        let started = std::time::Instant::now();
+        let sent: u64 = spec.layers.iter().map(|l| l.uncompressed_size).sum();
         let loaded = engine.load_image(&tag, &spec).await;
         if let Err(e) = loaded {
             if !spec.layers.iter().any(|l| l.present) {
@@ -73,6 +80,14 @@ impl EngineState {
                 .with_context(|| format!("loading the parent image into {kind}"))?;
         }
         self.present.extend(image.diff_ids().iter().cloned());
+        progress.note(
+            "engine-load",
+            &format!(
+                "sent the parent image to {kind} ({} of layers) in {:.1}s",
+                crate::human::human_size(sent),
+                started.elapsed().as_secs_f64()
+            ),
+        );
         Ok(tag)
     }
 
