@@ -19,6 +19,8 @@ pub enum ProgressMode {
     Json,
     /// Step lines only; output folded to its last lines.
     Tty,
+    /// Nothing but warnings and errors (`-q`).
+    Quiet,
 }
 
 /// Lines of step output kept for an error report.
@@ -66,10 +68,10 @@ impl Progress {
 
     /// A free-form note (`using docker 20.10.24 (API 1.41)`).
     pub fn note(&self, kind: &str, msg: &str) {
-        if self.is_json() {
-            self.event(json!({"event": kind, "message": msg}));
-        } else {
-            eprintln!("{msg}");
+        match self.mode {
+            ProgressMode::Json => self.event(json!({"event": kind, "message": msg})),
+            ProgressMode::Quiet => {}
+            _ => eprintln!("{msg}"),
         }
     }
 
@@ -84,10 +86,10 @@ impl Progress {
     pub fn step_start(&mut self, n: usize, total: usize, text: &str, location: &str) {
         self.tail.clear();
         self.shown = 0;
-        if self.is_json() {
-            self.event(json!({"event": "step-start", "step": n, "total": total, "instruction": text, "location": location}));
-        } else {
-            eprintln!("[{n}/{total}] {text}");
+        match self.mode {
+            ProgressMode::Json => self.event(json!({"event": "step-start", "step": n, "total": total, "instruction": text, "location": location})),
+            ProgressMode::Quiet => {}
+            _ => eprintln!("[{n}/{total}] {text}"),
         }
     }
 
@@ -103,6 +105,7 @@ impl Progress {
         match self.mode {
             ProgressMode::Json => self.event(json!({"event": "output", "step": n, "line": line})),
             ProgressMode::Plain => eprintln!("      {line}"),
+            ProgressMode::Quiet => {}
             _ => {
                 // Folded: show a line now and then so long apt runs look alive.
                 self.shown += 1;
@@ -138,6 +141,7 @@ impl Progress {
                 "layer": layer.map(|(d, s)| json!({"digest": d, "size": s})),
                 "notes": detail,
             }));
+        } else if self.mode == ProgressMode::Quiet {
         } else {
             eprintln!(
                 "[{n}/{total}] {text}  {status}  {:.1}s",
@@ -161,12 +165,14 @@ impl Progress {
     }
 
     pub fn summary(&self, v: Value, text: &str) {
-        if self.is_json() {
-            let mut v = v;
-            v["event"] = json!("done");
-            self.event(v);
-        } else {
-            eprintln!("{text}");
+        match self.mode {
+            ProgressMode::Json => {
+                let mut v = v;
+                v["event"] = json!("done");
+                self.event(v);
+            }
+            ProgressMode::Quiet => {}
+            _ => eprintln!("{text}"),
         }
     }
 }

@@ -101,3 +101,122 @@ fn every_command_that_reads_a_buildfile_takes_the_buildfile_flags() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("does not exist"), "not a flag error: {err}");
 }
+
+/// A Buildfile with a typo on line 2 in a folder of its own; its path.
+fn typo_dir(env: &Env) -> std::path::PathBuf {
+    let dir = env.path("ctx");
+    fs_err::create_dir_all(&dir).unwrap();
+    fs_err::write(
+        dir.join("Buildfile"),
+        "FROM 127.0.0.1:5000/platform/base:1\nINSTAL curl\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_folder_as_build_path_or_f_means_its_buildfile_like_docker_build() {
+    let env = Env::new();
+    let dir = typo_dir(&env);
+    let dir = dir.to_str().unwrap();
+    for args in [
+        vec!["build", dir],
+        vec!["plan", dir],
+        vec!["plan", "-f", dir],
+    ] {
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        // The Buildfile in the folder was read: its typo is reported.
+        assert!(err.contains("ctx/Buildfile:2:1"), "{args:?}: {err}");
+    }
+    let out = env.run(&["plan", dir, "-f", "other/Buildfile"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("name the Buildfile") && err.contains("hint:"),
+        "{err}"
+    );
+}
+
+/// A template in an OCI layout (no registry) and a Buildfile of no steps
+/// on it, so a build needs no engine either; returns the Buildfile.
+fn stepless(env: &Env) -> String {
+    let root = env.path("rootfs");
+    fs_err::create_dir_all(root.join("etc")).unwrap();
+    fs_err::write(root.join("etc/os-release"), "ID=debian\n").unwrap();
+    let layout = env.path("layout");
+    env.ok(&[
+        "template",
+        "import",
+        root.to_str().unwrap(),
+        &format!("oci:{}:base", layout.display()),
+        "--platform",
+        "linux/amd64",
+    ]);
+    let dir = env.path("bf");
+    fs_err::create_dir_all(&dir).unwrap();
+    fs_err::write(
+        dir.join("Buildfile"),
+        format!(
+            "ARG VERSION=1\nFROM oci:{}:base\nLABEL version=${{VERSION}}\n",
+            layout.display()
+        ),
+    )
+    .unwrap();
+    dir.join("Buildfile").display().to_string()
+}
+
+#[test]
+fn build_q_prints_the_digest_alone_and_a_misspelt_build_arg_is_warned_about() {
+    let env = Env::new();
+    let f = stepless(&env);
+    let out = env.run(&["build", "-q", "-f", &f, "--build-arg", "VERSOIN=2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.trim().starts_with("sha256:") && stdout.trim().lines().count() == 1,
+        "only the digest on stdout: {stdout:?}"
+    );
+    assert!(
+        stderr.contains("VERSOIN") && stderr.contains("declares no ARG"),
+        "the unused --build-arg is warned about: {stderr}"
+    );
+    assert!(!stderr.contains("built "), "no summary with -q: {stderr}");
+    // A declared one is used, and not warned about.
+    let out = env.run(&["build", "-q", "-f", &f, "--build-arg", "VERSION=2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("declares no ARG"),
+        "{stderr}"
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        stdout,
+        "the label changed the image"
+    );
+}
+
+#[test]
+fn an_output_given_as_a_path_takes_its_type_from_the_extension() {
+    let env = Env::new();
+    let f = stepless(&env);
+    let tar = env.path("out/rootfs.tar");
+    fs_err::create_dir_all(tar.parent().unwrap()).unwrap();
+    let out = env.run(&["build", "-f", &f, "-o", tar.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = tar::Archive::new(fs_err::File::open(&tar).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("etc/os-release")),
+        "{names:?}"
+    );
+}

@@ -37,7 +37,9 @@ pub async fn locked_plan(
 ) -> anyhow::Result<(Plan, Vec<String>)> {
     let lock_path = Lockfile::path_for(&spec.file);
     if !lock_path.exists() {
-        return Ok((make(store, client, spec, !offline, offline).await?, vec![]));
+        let plan = make(store, client, spec, !offline, offline).await?;
+        let warnings = unused_args(spec, &plan);
+        return Ok((plan, warnings));
     }
     let lock = Lockfile::load(&lock_path).map_err(|e| {
         anyhow::Error::new(e).context(Failure::bad_input(format!(
@@ -54,7 +56,8 @@ pub async fn locked_plan(
     })?;
     // The locked packages still install as they are (that is what a lock
     // is for), but they were resolved on another state: say so.
-    let warnings = lock
+    let mut warnings: Vec<String> = unused_args(spec, &plan);
+    warnings.extend(lock
         .replay_drift(&plan)
         .into_iter()
         .map(|drift| {
@@ -62,9 +65,23 @@ pub async fn locked_plan(
                 "{drift}; the locked packages are used as they are (run `tplbuild lock -f {}` to resolve them again)",
                 spec.file.display()
             )
-        })
-        .collect();
+        }));
     Ok((plan.with_lock(lock), warnings))
+}
+
+/// A `--build-arg` the Buildfile declares no ARG for is most likely a typo
+/// (Docker warns too): it changes nothing, so say so.
+fn unused_args(spec: &BuildfileSpec, plan: &Plan) -> Vec<String> {
+    spec.args
+        .keys()
+        .filter(|k| !plan.buildfile.args.contains_key(*k))
+        .map(|k| {
+            format!(
+                "--build-arg {k}: {} declares no ARG {k}, so it changes nothing",
+                spec.file.display()
+            )
+        })
+        .collect()
 }
 
 /// Parse the Buildfile and resolve everything a key needs, asking the apt

@@ -3,7 +3,7 @@
 //! the build module's types here and nowhere else.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -91,10 +91,38 @@ pub struct BuildfileArgs {
 }
 
 impl BuildfileArgs {
+    /// The Buildfile: `-f DIR` means `DIR/Buildfile`, as `docker build -f`
+    /// users expect of a folder.
+    pub fn buildfile(&self) -> PathBuf {
+        if self.file.is_dir() {
+            self.file.join("Buildfile")
+        } else {
+            self.file.clone()
+        }
+    }
+
+    /// Take the positional `PATH` of `build`/`plan` (a Buildfile, or a
+    /// folder holding one, like `docker build DIR`) as `-f`.
+    pub fn with_path(mut self, path: Option<PathBuf>) -> anyhow::Result<Self> {
+        if let Some(p) = path {
+            if self.file != Path::new("Buildfile") {
+                return Err(Failure::bad_input(format!(
+                    "both {} and -f {} name the Buildfile",
+                    p.display(),
+                    self.file.display()
+                ))
+                .with_hint("give one: a Buildfile, or a folder that holds one")
+                .into());
+            }
+            self.file = p;
+        }
+        Ok(self)
+    }
+
     /// The flags as the build module takes them.
     pub fn spec(&self) -> anyhow::Result<BuildfileSpec> {
         Ok(BuildfileSpec {
-            file: self.file.clone(),
+            file: self.buildfile(),
             args: parse_build_args(&self.build_args)?,
             platform: parse_platform(self.platform.as_deref())?,
         })
@@ -108,6 +136,9 @@ impl BuildfileArgs {
     Example:\n  tplbuild plan -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000"
 )]
 pub struct PlanArgs {
+    /// The Buildfile, or a folder holding one (the same as -f).
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
     #[command(flatten)]
     pub bf: BuildfileArgs,
     #[command(flatten)]
@@ -124,8 +155,15 @@ pub struct PlanArgs {
     Steps run in Docker or Podman (through their Docker-compatible API), on the host \
     network by default. A step whose key was built before runs nothing.")]
 pub struct BuildArgs {
+    /// The Buildfile, or a folder holding one (the same as -f), as in
+    /// `docker build DIR`.
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
     #[command(flatten)]
     pub bf: BuildfileArgs,
+    /// Print only the image digest (and warnings and errors).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// Which engine runs the steps. auto and docker use DOCKER_HOST or the
     /// current Docker context when one is set (tcp://, ssh://, unix://: that
     /// engine only), else the local Docker socket, then (auto) the Podman
@@ -221,8 +259,50 @@ pub fn parse_outputs(items: &[String]) -> anyhow::Result<Vec<crate::export::Outp
     items
         .iter()
         .map(|o| {
-            o.parse::<crate::export::OutputSpec>()
+            output_shorthand(o)
+                .parse::<crate::export::OutputSpec>()
                 .map_err(|e| anyhow::Error::new(Failure::bad_input(format!("-o {o}: {e}"))))
         })
         .collect()
+}
+
+/// `-o PATH` (no `key=value`) as Docker users write it: the type from the
+/// extension (`.tar[.gz|.zst]`, `.ext4`, `.erofs`, `.squashfs`/`.sqfs`),
+/// else a folder (`type=dir`).
+fn output_shorthand(o: &str) -> String {
+    if o.contains('=') {
+        return o.to_string();
+    }
+    let name = o.trim_end_matches('/').rsplit('/').next().unwrap_or(o);
+    let ty = [
+        (".tar", "tar"),
+        (".tar.gz", "tar"),
+        (".tar.zst", "tar"),
+        (".ext4", "ext4"),
+        (".erofs", "erofs"),
+        (".squashfs", "squashfs"),
+        (".sqfs", "squashfs"),
+    ]
+    .iter()
+    .find(|(ext, _)| name.ends_with(ext))
+    .map_or("dir", |(_, t)| t);
+    format!("type={ty},dest={o}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_shorthand;
+
+    #[test]
+    fn an_output_path_alone_takes_its_type_from_the_extension() {
+        assert_eq!(output_shorthand("out/x.tar"), "type=tar,dest=out/x.tar");
+        assert_eq!(output_shorthand("x.tar.zst"), "type=tar,dest=x.tar.zst");
+        assert_eq!(
+            output_shorthand("/tmp/r.ext4"),
+            "type=ext4,dest=/tmp/r.ext4"
+        );
+        assert_eq!(output_shorthand("a.sqfs"), "type=squashfs,dest=a.sqfs");
+        assert_eq!(output_shorthand("rootfs/"), "type=dir,dest=rootfs/");
+        assert_eq!(output_shorthand("type=oci,dest=o"), "type=oci,dest=o");
+    }
 }

@@ -8,9 +8,10 @@ use crate::build::job::{self, BuildRequest};
 use crate::build::{self, BuildError, BuildOptions};
 use crate::progress::Progress;
 
-pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
+pub async fn build_cmd(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<()> {
+    let bf = std::mem::take(&mut a.path);
     let req = BuildRequest {
-        buildfile: a.bf.spec()?,
+        buildfile: a.bf.with_path(bf)?.spec()?,
         options: BuildOptions {
             engine: a.engine.choice(),
             network: a.network.network(),
@@ -37,7 +38,11 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
             .transpose()?,
         cache_mode: a.cache_mode,
     };
-    let mut progress = Progress::new(a.progress);
+    let mut progress = Progress::new(if a.quiet {
+        crate::progress::ProgressMode::Quiet
+    } else {
+        a.progress
+    });
     let client = ctx.client()?;
     let report = match job::run(&ctx.store, &client, req, &mut progress).await {
         Ok(r) => r,

@@ -125,7 +125,7 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
     eprintln!(
         "build from it with: tplbuild --home {} build -f {} --offline",
         a.out.display(),
-        a.bf.file.display()
+        a.bf.buildfile().display()
     );
     Ok(())
 }

@@ -62,7 +62,7 @@ pub struct FetchArgs {
 }
 
 pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
-    let path = Lockfile::path_for(&a.bf.file);
+    let path = Lockfile::path_for(&a.bf.buildfile());
     let previous = if path.is_file() {
         Some(Lockfile::load(&path)?)
     } else {
@@ -94,7 +94,7 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
                 )
                 .into());
         }
-        println!("{} matches {}", path.display(), a.bf.file.display());
+        println!("{} matches {}", path.display(), a.bf.buildfile().display());
         return Ok(());
     }
     let client = ctx.client()?;
@@ -156,7 +156,7 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
 }
 
 pub async fn fetch_cmd(ctx: &Context, a: FetchArgs) -> anyhow::Result<()> {
-    let path = Lockfile::path_for(&a.bf.file);
+    let path = Lockfile::path_for(&a.bf.buildfile());
     if !path.is_file() {
         return Err(
             Failure::bad_input(format!("{} does not exist", path.display()))

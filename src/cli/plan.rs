@@ -7,7 +7,9 @@ use super::Context;
 use crate::build::{self, job, HitSource, StepCache, StepStatus};
 use crate::progress::{Progress, ProgressMode};
 
-pub async fn plan_cmd(ctx: &Context, a: PlanArgs) -> anyhow::Result<()> {
+pub async fn plan_cmd(ctx: &Context, mut a: PlanArgs) -> anyhow::Result<()> {
+    let path = a.path.take();
+    a.bf = a.bf.with_path(path)?;
     let plan = super::args::make_locked_plan(ctx, &a.bf, false).await?;
     let client = ctx.client()?;
     let quiet = Progress::new(ProgressMode::Plain);
