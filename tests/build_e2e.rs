@@ -330,6 +330,17 @@ fn a_failing_run_names_the_line_and_leaves_nothing_behind() {
         .collect();
     assert_eq!(s.len(), 2, "the failed step ran again");
     assert_eq!(statuses(&events), ["HIT"]);
+    // CI reads the outcome from the last event.
+    let result = events.last().unwrap();
+    assert_eq!(result["event"], "result", "{result}");
+    assert_eq!(result["exit_code"], 1, "{result}");
+    assert!(
+        result["error"]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("Buildfile:3"),
+        "{result}"
+    );
 }
 
 #[test]

@@ -220,3 +220,47 @@ fn an_output_given_as_a_path_takes_its_type_from_the_extension() {
         "{names:?}"
     );
 }
+
+/// The last JSON event a run printed.
+fn last_event(out: &std::process::Output) -> serde_json::Value {
+    let events = common::json_events(out);
+    events.last().cloned().unwrap_or_default()
+}
+
+#[test]
+fn every_json_build_ends_with_one_result_event_carrying_the_exit_code() {
+    let env = Env::new();
+    // Success: the digest.
+    let f = stepless(&env);
+    let out = env.run(&["build", "-f", &f, "--progress", "json"]);
+    assert!(out.status.success());
+    let result = last_event(&out);
+    assert_eq!(result["event"], "result", "{result}");
+    assert_eq!(result["exit_code"], 0);
+    assert_eq!(
+        result["digest"],
+        common::done(&common::json_events(&out))["digest"]
+    );
+    // Bad input: exit 2, and the error in the event.
+    let dir = typo_dir(&env);
+    let out = env.run(&["build", dir.to_str().unwrap(), "--progress", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let result = last_event(&out);
+    assert_eq!(
+        (result["event"].as_str(), result["exit_code"].as_i64()),
+        (Some("result"), Some(2)),
+        "{result}"
+    );
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Buildfile:2"),
+        "{result}"
+    );
+    let results = common::json_events(&out)
+        .iter()
+        .filter(|e| e["event"] == "result")
+        .count();
+    assert_eq!(results, 1);
+}

@@ -8,7 +8,44 @@ use crate::build::job::{self, BuildRequest};
 use crate::build::{self, BuildError, BuildOptions};
 use crate::progress::Progress;
 
-pub async fn build_cmd(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<()> {
+/// `tplbuild build`. Under `--progress json` every run ends with one
+/// `result` event: the exit code, and the digest or the error (message,
+/// causes, hint, and the step's location when a step failed).
+pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
+    let json = a.progress == crate::progress::ProgressMode::Json && !a.quiet;
+    let result = build(ctx, a).await;
+    if json {
+        let event = match &result {
+            Ok(digest) => serde_json::json!({
+                "event": "result", "exit_code": 0, "digest": digest,
+            }),
+            Err(e) => {
+                let (code, hint) = super::exit_code_and_hint(e);
+                let location = e
+                    .chain()
+                    .find_map(|c| match c.downcast_ref::<BuildError>() {
+                        Some(BuildError::StepFailed { location, .. })
+                        | Some(BuildError::Step { location, .. }) => Some(location.clone()),
+                        _ => None,
+                    });
+                serde_json::json!({
+                    "event": "result",
+                    "exit_code": code,
+                    "error": {
+                        "message": e.to_string(),
+                        "causes": e.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>(),
+                        "hint": hint,
+                        "location": location,
+                    },
+                })
+            }
+        };
+        println!("{event}");
+    }
+    result.map(|_| ())
+}
+
+async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
     let bf = std::mem::take(&mut a.path);
     let req = BuildRequest {
         buildfile: a.bf.with_path(bf)?.spec()?,
@@ -55,10 +92,11 @@ pub async fn build_cmd(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<()> {
         .collect();
     let (v, text) = build::summary(&report.built, &tags);
     progress.summary(v, &text);
+    let digest = report.built.image.digest().to_string();
     if !progress.is_json() {
-        println!("{}", report.built.image.digest());
+        println!("{digest}");
     }
-    Ok(())
+    Ok(digest)
 }
 
 /// Turn a failed step into the story a user needs: the location, the exit

@@ -165,21 +165,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Print an error chain and return the exit code.
-pub fn report(err: &anyhow::Error) -> u8 {
+/// The exit code an error maps to and the hint it carries.
+pub fn exit_code_and_hint(err: &anyhow::Error) -> (u8, Option<String>) {
     let mut code = exit::FAILURE;
     let mut hint = None;
-    if let Some(f) = err.downcast_ref::<Failure>().filter(|f| f.preformatted) {
-        eprint!("{}", f.message);
-        return f.code;
-    }
-    let mut chain = err.chain();
-    if let Some(first) = chain.next() {
-        eprintln!("error: {first}");
-    }
-    for cause in chain {
-        eprintln!("  caused by: {cause}");
-    }
     // A Failure may be the error itself, a context on it, or a cause.
     let failures = err
         .downcast_ref::<Failure>()
@@ -193,6 +182,23 @@ pub fn report(err: &anyhow::Error) -> u8 {
             hint = f.hint.clone();
         }
     }
+    (code, hint)
+}
+
+/// Print an error chain and return the exit code.
+pub fn report(err: &anyhow::Error) -> u8 {
+    if let Some(f) = err.downcast_ref::<Failure>().filter(|f| f.preformatted) {
+        eprint!("{}", f.message);
+        return f.code;
+    }
+    let mut chain = err.chain();
+    if let Some(first) = chain.next() {
+        eprintln!("error: {first}");
+    }
+    for cause in chain {
+        eprintln!("  caused by: {cause}");
+    }
+    let (code, hint) = exit_code_and_hint(err);
     if let Some(h) = hint {
         eprintln!("  hint: {h}");
     }
