@@ -70,31 +70,6 @@ fn remote_containers_of(pid: u32) -> usize {
     .count()
 }
 
-/// Read up to the end of a request head; `None` if the client closed.
-async fn read_head(client: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    }
-    Some(head)
-}
-
-/// The head with `Connection: close`, so that each connection carries one
-/// request and the proxy sees every request line.
-fn one_request_per_connection(head: &str) -> String {
-    let mut out: Vec<&str> = head
-        .trim_end_matches("\r\n")
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .collect();
-    out.push("Connection: close");
-    format!("{}\r\n\r\n", out.join("\r\n"))
-}
-
 /// A proxy in front of the remote engine that passes everything through,
 /// except that the answer to `GET /containers/{id}/export` is cut after
 /// `cut` bytes. Returns its address and how many exports it cut.
@@ -120,11 +95,7 @@ async fn cutting_proxy(upstream: String, cut: usize) -> (String, Arc<AtomicUsize
                 let Ok(mut up) = TcpStream::connect(&upstream).await else {
                     return;
                 };
-                let head = if head.to_ascii_lowercase().contains("\r\nupgrade:") {
-                    head
-                } else {
-                    one_request_per_connection(&head)
-                };
+                let head = one_request_per_connection(&head);
                 if up.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }

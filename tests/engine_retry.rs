@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
 const DOCKER: &str = "/var/run/docker.sock";
@@ -21,35 +21,6 @@ const DOCKER: &str = "/var/run/docker.sock";
 struct Seen {
     attaches: AtomicUsize,
     refused: AtomicUsize,
-}
-
-/// Read up to the end of the request head; `None` if the client closed.
-async fn read_head(client: &mut UnixStream) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    }
-    Some(head)
-}
-
-/// The head with `Connection: close`, so each connection carries one
-/// request and the proxy sees every request line. Upgrades (attach) keep
-/// their own Connection header.
-fn one_request_per_connection(head: &str) -> String {
-    if head.to_ascii_lowercase().contains("\r\nupgrade:") {
-        return head.to_string();
-    }
-    let mut out: Vec<&str> = head
-        .trim_end_matches("\r\n")
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .collect();
-    out.push("Connection: close");
-    format!("{}\r\n\r\n", out.join("\r\n"))
 }
 
 async fn serve(mut client: UnixStream, seen: Arc<Seen>, refuse: usize) {

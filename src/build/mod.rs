@@ -14,6 +14,8 @@ pub mod run;
 mod run_tests;
 mod signals;
 pub mod step_cache;
+#[cfg(test)]
+mod test_plan;
 pub mod walk;
 #[cfg(test)]
 mod walk_tests;

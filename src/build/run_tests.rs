@@ -3,7 +3,6 @@
 //! success, a failed command, a command that never started, an interrupt),
 //! with nothing recorded for a step that did not finish. Milliseconds each.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -11,13 +10,12 @@ use super::signals::Signals;
 use super::{BuildError, BuildOptions};
 use crate::engine::fake::{Effect, FakeEngine};
 use crate::engine::{EngineError, Network};
-use crate::image::Image;
-use crate::oci::{Digest, ImageConfig, Platform};
+use crate::oci::Digest;
 use crate::plan::Plan;
 use crate::progress::{Progress, ProgressMode};
-use crate::registry::{Client, CredentialSource, RegistrySettings};
+use crate::registry::Client;
 use crate::store::Store;
-use crate::transfer::{BlobSource, Resolved, Sources};
+use crate::transfer::Sources;
 
 use super::run::Runner;
 
@@ -32,14 +30,10 @@ impl Bed {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("home")).unwrap();
-        let settings = RegistrySettings {
-            max_retries: 0,
-            ..RegistrySettings::default().with_insecure("127.0.0.1:9")
-        };
         Bed {
             dir,
             store,
-            client: Client::with_credentials(settings, CredentialSource::None).unwrap(),
+            client: super::test_plan::client_for("127.0.0.1:9"),
             engine: Arc::new(FakeEngine::new()),
         }
     }
@@ -48,22 +42,7 @@ impl Bed {
         for (p, content) in files {
             fs_err::write(self.dir.path().join(p), content).unwrap();
         }
-        let path = self.dir.path().join("Buildfile");
-        let src = format!("FROM 127.0.0.1:9/base:1\n{body}");
-        fs_err::write(&path, &src).unwrap();
-        let bf = crate::buildfile::parse_str(&path, &src, &BTreeMap::new()).unwrap();
-        let image = Image::empty(ImageConfig {
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            ..Default::default()
-        });
-        let base = Resolved {
-            pinned: format!("127.0.0.1:9/base:1@{}", image.digest()),
-            image,
-            source: BlobSource::Store,
-        };
-        let platform = Platform::parse("linux/amd64").unwrap();
-        crate::plan::make(bf, base, platform, &BTreeMap::new()).unwrap()
+        super::test_plan::plan_in(self.dir.path(), body)
     }
 
     async fn runner(&self) -> Runner {

@@ -4,15 +4,14 @@
 use std::collections::BTreeMap;
 
 use super::step_cache::{HitSource, StepCache};
+use super::test_plan::client_for;
 use super::walk::{self, Executor, StepJob, StepStatus, WalkOptions};
 use crate::cache::{CacheEntry, RemoteCache};
-use crate::image::Image;
-use crate::oci::{Descriptor, Digest, ImageConfig, MediaType, Platform, Reference};
+use crate::oci::{Descriptor, Digest, MediaType, Reference};
 use crate::plan::Plan;
 use crate::progress::{Progress, ProgressMode};
-use crate::registry::{Client, CredentialSource, RegistrySettings};
+use crate::registry::Client;
 use crate::store::{StepRecord, Store};
-use crate::transfer::{BlobSource, Resolved};
 
 /// Runs a step by storing a layer whose bytes are `outputs[step]` (or the
 /// step's text), so a test decides which steps give the same layer.
@@ -80,22 +79,7 @@ impl Bed {
     }
 
     fn plan(&self, body: &str) -> Plan {
-        let path = self.dir.path().join("Buildfile");
-        let src = format!("FROM 127.0.0.1:9/base:1\n{body}");
-        fs_err::write(&path, &src).unwrap();
-        let bf = crate::buildfile::parse_str(&path, &src, &BTreeMap::new()).unwrap();
-        let image = Image::empty(ImageConfig {
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            ..Default::default()
-        });
-        let base = Resolved {
-            pinned: format!("127.0.0.1:9/base:1@{}", image.digest()),
-            image,
-            source: BlobSource::Store,
-        };
-        let platform = Platform::parse("linux/amd64").unwrap();
-        crate::plan::make(bf, base, platform, &BTreeMap::new()).unwrap()
+        super::test_plan::plan_in(self.dir.path(), body)
     }
 
     async fn build(&self, plan: &Plan, exec: &mut Scripted) -> anyhow::Result<walk::Walked> {
@@ -121,14 +105,6 @@ impl Bed {
         let mut cache = StepCache::new(&self.store, &self.client, remotes);
         walk::plan(plan, &mut cache).await.unwrap()
     }
-}
-
-fn client_for(host: &str) -> Client {
-    let settings = RegistrySettings {
-        max_retries: 0,
-        ..RegistrySettings::default().with_insecure(host)
-    };
-    Client::with_credentials(settings, CredentialSource::None).unwrap()
 }
 
 fn statuses(w: &walk::Walked) -> Vec<StepStatus> {

@@ -192,3 +192,34 @@ pub fn statuses(events: &[serde_json::Value]) -> Vec<String> {
         .map(|e| e["status"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// For proxies in front of an engine's HTTP API: read up to the end of a
+/// request head; `None` if the client closed first.
+pub async fn read_head<R: tokio::io::AsyncRead + Unpin>(client: &mut R) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
+/// The head with `Connection: close`, so that each connection carries one
+/// request and a proxy sees every request line. Upgrades (attach) keep
+/// their own Connection header.
+pub fn one_request_per_connection(head: &str) -> String {
+    if head.to_ascii_lowercase().contains("\r\nupgrade:") {
+        return head.to_string();
+    }
+    let mut out: Vec<&str> = head
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    out.push("Connection: close");
+    format!("{}\r\n\r\n", out.join("\r\n"))
+}
