@@ -229,9 +229,12 @@ impl CorruptingProxy {
 }
 
 async fn serve(mut client: TcpStream, target: String, count: Arc<AtomicUsize>) {
+    // GET and HEAD carry no body; other requests' bodies follow through
+    // the copy.
     let Some(head) = read_head(&mut client).await else {
         return;
     };
+    let head = String::from_utf8_lossy(&head).into_owned();
     let line = head.lines().next().unwrap_or_default().to_string();
     let Ok(mut upstream) = TcpStream::connect(REGISTRY).await else {
         return;
@@ -260,30 +263,4 @@ async fn serve(mut client: TcpStream, target: String, count: Arc<AtomicUsize>) {
         }
     }
     let _ = client.write_all(&answer).await;
-}
-
-/// The request head (the client sends no body with GET and HEAD; other
-/// requests' bodies follow through the copy).
-async fn read_head(client: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
-}
-
-/// The head with `Connection: close`, so every request gets its own
-/// connection and the proxy sees each request line.
-fn one_request_per_connection(head: &str) -> String {
-    let mut out: Vec<&str> = head
-        .trim_end_matches("\r\n")
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .collect();
-    out.push("Connection: close");
-    format!("{}\r\n\r\n", out.join("\r\n"))
 }

@@ -211,21 +211,7 @@ fn failing_step(env: &Env, marker: &str) -> String {
 /// removed first.
 fn build_with(env: &Env, marker: &str, vars: &[(&str, &str)], args: &[&str]) -> (Output, u32) {
     let file = failing_step(env, marker);
-    let mut cmd = env.cmd();
-    for v in [
-        "DOCKER_HOST",
-        "DOCKER_CONTEXT",
-        "DOCKER_TLS_VERIFY",
-        "DOCKER_TLS",
-        "DOCKER_CERT_PATH",
-        "CONTAINER_HOST",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("DOCKER_CONFIG", env.path("docker-config"));
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
+    let mut cmd = env.cmd_with_engine(vars);
     let child = cmd
         .args(["build", "-f", &file, "--no-cache", "--progress", "plain"])
         .args(args)

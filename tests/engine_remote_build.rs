@@ -31,21 +31,7 @@ fn addr(var: &str, default: &str) -> String {
 fn build_on(what: &str, vars: &[(&str, &str)], args: &[&str]) -> (String, String) {
     let env = Env::new();
     let ext4 = env.path("gateway.ext4");
-    let mut cmd = env.cmd();
-    for v in [
-        "DOCKER_HOST",
-        "DOCKER_CONTEXT",
-        "DOCKER_TLS_VERIFY",
-        "DOCKER_TLS",
-        "DOCKER_CERT_PATH",
-        "CONTAINER_HOST",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("DOCKER_CONFIG", env.path("docker-config"));
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
+    let mut cmd = env.cmd_with_engine(vars);
     let out = cmd
         .args([
             "build",

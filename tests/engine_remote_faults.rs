@@ -46,18 +46,7 @@ fn buildfile(env: &Env, body: &str) -> String {
 
 /// tplbuild aimed at `host` and nothing else.
 fn cmd_at(env: &Env, host: &str) -> std::process::Command {
-    let mut cmd = env.cmd();
-    for v in [
-        "DOCKER_CONTEXT",
-        "DOCKER_TLS_VERIFY",
-        "DOCKER_CERT_PATH",
-        "CONTAINER_HOST",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("DOCKER_HOST", host)
-        .env("DOCKER_CONFIG", env.path("docker-config"));
-    cmd
+    env.cmd_with_engine(&[("DOCKER_HOST", host)])
 }
 
 /// The remote engine's step containers a given tplbuild process made.

@@ -98,11 +98,6 @@ impl<'a> StepCache<'a> {
         }
     }
 
-    /// Only the local store (tests, `--offline`).
-    pub fn local(store: &'a Store, client: &'a Client) -> Self {
-        Self::new(store, client, vec![])
-    }
-
     pub fn store(&self) -> &'a Store {
         self.store
     }

@@ -336,7 +336,7 @@ fn unchanged(
             let mut w = super::index::HashWriter(&mut h);
             match bytes {
                 Bytes::None => {}
-                Bytes::Owned(b) => h_update(&mut w, b)?,
+                Bytes::Owned(b) => io::Write::write_all(&mut w, b)?,
                 Bytes::Candidate(p) => {
                     let c = &set.nodes[p];
                     io::copy(&mut set.open(c)?, &mut w)?;
@@ -353,8 +353,4 @@ fn unchanged(
         (Kind::Fifo, NodeKind::Fifo) => true,
         _ => false,
     })
-}
-
-fn h_update(w: &mut impl io::Write, b: &[u8]) -> io::Result<()> {
-    w.write_all(b)
 }

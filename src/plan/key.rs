@@ -85,11 +85,6 @@ impl KeyInputs<'_> {
     }
 }
 
-/// Canonical bytes: the [`KeyDoc`] serialised.
-pub fn canonical_bytes(k: &KeyInputs<'_>) -> Vec<u8> {
-    k.doc().bytes()
-}
-
 pub fn step_key(k: &KeyInputs<'_>) -> Digest {
     k.doc().key()
 }
@@ -138,7 +133,7 @@ mod tests {
         let inputs = BTreeMap::new();
         let k = sample(&parent, &env, &inputs);
         assert_eq!(
-            String::from_utf8(canonical_bytes(&k)).unwrap(),
+            String::from_utf8(k.doc().bytes()).unwrap(),
             format!(
                 r#"{{"env":{{"A":"1"}},"epoch":1700000000,"format":2,"inputs":{{}},"keep":[],"parent":["{}"],"platform":"linux/amd64","step":{{"kind":"RUN","script":"echo hi"}}}}"#,
                 Digest::of(b"layer")

@@ -80,6 +80,28 @@ impl Env {
         c
     }
 
+    /// [`Env::cmd`] aimed at the engine `vars` name (`DOCKER_HOST`,
+    /// `CONTAINER_HOST`, …) and at nothing the machine's environment or
+    /// Docker config may name.
+    pub fn cmd_with_engine(&self, vars: &[(&str, &str)]) -> Command {
+        let mut c = self.cmd();
+        for v in [
+            "DOCKER_HOST",
+            "DOCKER_CONTEXT",
+            "DOCKER_TLS_VERIFY",
+            "DOCKER_TLS",
+            "DOCKER_CERT_PATH",
+            "CONTAINER_HOST",
+        ] {
+            c.env_remove(v);
+        }
+        c.env("DOCKER_CONFIG", self.path("docker-config"));
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let out = self.cmd().args(args).output().unwrap();
         eprintln!(
