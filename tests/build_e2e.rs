@@ -54,6 +54,10 @@ fn containers_of(pid: u32) -> usize {
 
 /// Start a build on Docker in the background.
 fn spawn_build(env: &Env, file: &str) -> std::process::Child {
+    spawn_build_with(env, file, "plain")
+}
+
+fn spawn_build_with(env: &Env, file: &str, progress: &str) -> std::process::Child {
     env.cmd()
         .args([
             "build",
@@ -62,7 +66,7 @@ fn spawn_build(env: &Env, file: &str) -> std::process::Child {
             "--engine",
             "docker",
             "--progress",
-            "plain",
+            progress,
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -330,6 +334,29 @@ fn a_failing_run_names_the_line_and_leaves_nothing_behind() {
         .collect();
     assert_eq!(s.len(), 2, "the failed step ran again");
     assert_eq!(statuses(&events), ["HIT"]);
+    // Output lines say which stream they came on.
+    assert!(
+        events.iter().any(|e| e["event"] == "output"
+            && e["stream"] == "stdout"
+            && e["line"] == "some output"),
+        "{events:?}"
+    );
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "step-failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["step"], 2, "{}", failed[0]);
+    assert_eq!(failed[0]["exit_code"], 3, "{}", failed[0]);
+    assert!(
+        failed[0]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("Buildfile:3"),
+        "{}",
+        failed[0]
+    );
+    assert_eq!(failed[0]["tail"][0], "some output", "{}", failed[0]);
     // CI reads the outcome from the last event.
     let result = events.last().unwrap();
     assert_eq!(result["event"], "result", "{result}");
@@ -351,13 +378,19 @@ fn ctrl_c_during_a_step_removes_the_container_and_records_nothing() {
     template();
     let env = Env::new();
     let f = buildfile(&env, "slow", "RUN echo started && sleep 60\n", &[]);
-    let mut child = spawn_build(&env, &f);
+    let child = spawn_build_with(&env, &f, "json");
     let pid = child.id();
     wait_for_container(pid);
     std::thread::sleep(std::time::Duration::from_secs(1));
     sh_ok(&format!("kill -INT {pid}"));
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    // Even interrupted, the run ends with exactly one result event.
+    let events = json_events(&out);
+    let results: Vec<_> = events.iter().filter(|e| e["event"] == "result").collect();
+    assert_eq!(results.len(), 1, "{events:?}");
+    assert_eq!(events.last(), Some(results[0]));
+    assert_eq!(results[0]["exit_code"], 130, "{}", results[0]);
     assert_eq!(containers_of(pid), 0, "the step container was left behind");
     let plan = env.ok(&["plan", "-f", &f]);
     assert!(

@@ -12,7 +12,8 @@ fn help_lists_every_command_with_examples() {
     for cmd in ["template", "pull", "copy", "plan", "build", "export"] {
         assert!(out.contains(cmd), "--help does not mention {cmd}:\n{out}");
     }
-    assert!(out.contains("Examples:"));
+    assert!(out.contains("A first build"), "{out}");
+    assert!(out.contains("  tplbuild build "), "{out}");
     let build = env.ok(&["build", "--help"]);
     for flag in [
         "--cache-from",
@@ -263,4 +264,156 @@ fn every_json_build_ends_with_one_result_event_carrying_the_exit_code() {
         .filter(|e| e["event"] == "result")
         .count();
     assert_eq!(results, 1);
+}
+
+#[test]
+fn every_json_event_has_a_time_and_typed_fields() {
+    let env = Env::new();
+    let f = stepless(&env);
+    let dest = env.path("events.tar");
+    let out = env.run(&[
+        "build",
+        "-f",
+        &f,
+        "--progress",
+        "json",
+        "-o",
+        dest.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let events = common::json_events(&out);
+    assert!(events.len() >= 3, "{events:?}");
+    for e in &events {
+        let t = e["time"].as_str().unwrap_or_else(|| panic!("no time: {e}"));
+        // RFC 3339, UTC, milliseconds: 2026-12-01T22:25:38.010Z
+        assert_eq!(t.len(), 24, "{e}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{e}");
+        assert!(e["event"].is_string(), "{e}");
+    }
+    let export = events.iter().find(|e| e["event"] == "export").unwrap();
+    assert_eq!(export["type"], "tar", "{export}");
+    assert_eq!(export["path"], dest.to_str().unwrap(), "{export}");
+    assert!(export["bytes"].as_u64().unwrap() > 0, "{export}");
+    assert!(export["duration_ms"].is_u64(), "{export}");
+    assert!(common::done(&events)["duration_ms"].is_u64());
+}
+
+#[test]
+fn a_parse_error_under_json_carries_its_location_in_the_result() {
+    let env = Env::new();
+    let dir = typo_dir(&env);
+    let out = env.run(&["build", dir.to_str().unwrap(), "--progress", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let result = last_event(&out);
+    let location = result["error"]["location"].as_str().unwrap_or_default();
+    assert!(location.ends_with("Buildfile:2:1"), "{result}");
+}
+
+#[test]
+fn a_build_is_found_again_by_digest_short_digest_and_name_without_a_registry() {
+    let env = Env::new();
+    let f = stepless(&env);
+    // Plain: the end of a build with no output says how to write it out.
+    let out = env.run(&["build", "-f", &f]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tplbuild export bf -o"), "{err}");
+    let digest = env.ok(&["build", "-q", "-f", &f]).trim().to_string();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    let typed = [
+        digest.clone(),
+        format!("@{digest}"),
+        digest[..14].to_string(),
+        "bf".to_string(),
+        "build:bf".to_string(),
+    ];
+    for (i, t) in typed.iter().enumerate() {
+        let dest = env.path(&format!("out{i}.tar"));
+        env.ok(&["export", t, "-o", dest.to_str().unwrap()]);
+        let listing = common::sh_ok(&format!("tar -tf {}", dest.display()));
+        assert!(listing.contains("etc/os-release"), "{t}: {listing}");
+    }
+    let images: serde_json::Value = serde_json::from_str(&env.ok(&["images", "--json"])).unwrap();
+    let rows = images.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{images}");
+    assert_eq!(
+        (rows[0]["name"].as_str(), rows[0]["kind"].as_str()),
+        (Some("bf"), Some("build"))
+    );
+    assert_eq!(rows[0]["digest"], digest.as_str());
+    assert!(rows[0]["recorded"].as_u64().unwrap() > 1_700_000_000);
+    let table = env.ok(&["images"]);
+    assert!(
+        table.starts_with("NAME") && table.contains(&digest[..19]),
+        "{table}"
+    );
+    // A digest this machine never made: exit 2, and where to look.
+    let out = env.run(&["export", "sha256:0000000", "-o", "x.tar"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tplbuild images"), "{err}");
+}
+
+#[test]
+fn an_output_that_cannot_be_written_fails_before_the_build_and_names_the_users_path() {
+    let env = Env::new();
+    let f = stepless(&env);
+    let out = env.run(&["build", "-f", &f, "-o", "/proc/x.tar"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write /proc/x.tar"), "{err}");
+    assert!(!err.contains("built "), "checked before building: {err}");
+    assert!(!err.contains("tplbuild-"), "no temp names: {err}");
+    // Too small is known only once the content is: the user's path and
+    // human sizes, never the temp file's name. 12 MiB that do not
+    // compress, in an 8 MiB ext4.
+    let root = env.path("big");
+    fs_err::create_dir_all(root.join("etc")).unwrap();
+    fs_err::write(root.join("etc/os-release"), "ID=debian\n").unwrap();
+    common::sh_ok(&format!(
+        "head -c 12M /dev/urandom > {}/blob",
+        root.display()
+    ));
+    let layout = format!("oci:{}:big", env.path("big-layout").display());
+    env.ok(&["template", "import", root.to_str().unwrap(), &layout]);
+    let dest = env.path("small.ext4");
+    let out = env.run(&[
+        "export",
+        &layout,
+        "-o",
+        &format!("type=ext4,dest={},size=8M", dest.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:", dest.display())), "{err}");
+    assert!(err.contains("KiB") || err.contains("MiB"), "{err}");
+    assert!(!err.contains("tplbuild-tmp"), "{err}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn a_registry_that_does_not_answer_still_ends_the_json_stream_with_one_result() {
+    let env = Env::new();
+    let dir = env.path("closed");
+    fs_err::create_dir_all(&dir).unwrap();
+    // Port 1 on loopback: nothing listens, the connection is refused.
+    fs_err::write(dir.join("Buildfile"), "FROM 127.0.0.1:1/platform/base:1\n").unwrap();
+    let out = env.run(&[
+        "build",
+        dir.to_str().unwrap(),
+        "--progress",
+        "json",
+        "--insecure-registry",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let events = common::json_events(&out);
+    let results: Vec<_> = events.iter().filter(|e| e["event"] == "result").collect();
+    assert_eq!(results.len(), 1, "{events:?}");
+    assert_eq!(events.last(), Some(results[0]));
+    let message = results[0]["error"].to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
 }

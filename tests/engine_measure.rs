@@ -155,7 +155,7 @@ async fn run_script(
     let code = if script.is_some() {
         let mut last = Vec::new();
         let code = engine
-            .run(&c, |l| {
+            .run(&c, |_, l| {
                 last.push(l.to_string());
                 if last.len() > 20 {
                     last.remove(0);

@@ -192,7 +192,7 @@ async fn run_streams_stdout_and_stderr_lines_passes_env_and_returns_the_exit_cod
         let guard = ContainerGuard::new(&engine, engine.create(&spec).await.unwrap());
         let mut lines = Vec::new();
         let code = engine
-            .run(guard.container(), |l| lines.push(l.to_string()))
+            .run(guard.container(), |_, l| lines.push(l.to_string()))
             .await;
         guard.remove().await.unwrap();
         let code = code.unwrap_or_else(|e| panic!("{:?}: {e:#?}", kind(&engine)));
@@ -218,7 +218,7 @@ async fn run_of_a_successful_script_returns_zero() {
             ..Default::default()
         };
         let guard = ContainerGuard::new(&engine, engine.create(&spec).await.unwrap());
-        let code = engine.run(guard.container(), |_| {}).await;
+        let code = engine.run(guard.container(), |_, _| {}).await;
         guard.remove().await.unwrap();
         assert_eq!(code.unwrap(), 0, "{:?}", kind(&engine));
     }
@@ -343,7 +343,7 @@ async fn remove_kills_a_running_container() {
             let (engine, c) = (engine.clone(), c.clone());
             tokio::spawn(async move {
                 engine
-                    .run(&c, move |l| {
+                    .run(&c, move |_, l| {
                         let _ = tx.send(l.to_string());
                     })
                     .await

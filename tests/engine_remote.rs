@@ -170,7 +170,7 @@ async fn each_remote_engine_runs_a_step_its_output_arrives_and_nothing_is_left()
         let c = engine.create(&echo_spec(image, &marker)).await.unwrap();
         let guard = ContainerGuard::new(&engine, c.clone());
         let mut lines = Vec::new();
-        let code = engine.run(&c, |l| lines.push(l.to_string())).await;
+        let code = engine.run(&c, |_, l| lines.push(l.to_string())).await;
         // vfs keeps no overlay upper dir, local or not.
         let upper = engine.upper_dir(&c).await;
         guard.remove().await.unwrap();

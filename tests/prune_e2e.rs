@@ -110,3 +110,51 @@ fn prune_waits_for_a_process_that_has_the_store_open() {
         "{stderr}"
     );
 }
+
+/// `prune --engine` on the vfs Podman of the test bed, which no other
+/// test in this file uses (the other tests here build on Docker, in
+/// parallel, and must keep their images).
+#[test]
+fn prune_engine_removes_the_images_tplbuild_loaded_and_a_build_loads_them_again() {
+    if !testbed("prune --engine") {
+        return;
+    }
+    let host = std::env::var("TPLBUILD_TEST_VFS_PODMAN_HOST")
+        .unwrap_or_else(|_| "unix:///run/podman-vfs/podman.sock".into());
+    if !has_socket(host.trim_start_matches("unix://")) {
+        return;
+    }
+    let template = template();
+    let env = Env::new();
+    let bf = buildfile(&env);
+    let tplbuild = |args: &[&str]| -> String {
+        let out = env
+            .cmd_with_engine(&[("CONTAINER_HOST", &host)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tplbuild {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let engine_images = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["prune", "--json", "--engine", "podman"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(tplbuild(&all).trim()).unwrap();
+        serde_json::from_value(v["engine_images"]["removed"].clone()).unwrap()
+    };
+    tplbuild(&["build", "-f", &bf, "--engine", "podman", "--no-cache"]);
+    // The step ran on the template, loaded as tplbuild/state:<its digest>.
+    let state = format!("tplbuild/state:{}", template.trim_start_matches("sha256:"));
+    let listed = engine_images(&["--dry-run"]);
+    assert!(listed.contains(&state), "{state} not in {listed:?}");
+    let removed = engine_images(&[]);
+    assert!(removed.contains(&state), "{state} not in {removed:?}");
+    assert_eq!(engine_images(&["--dry-run"]), Vec::<String>::new());
+    // A step that needs the state again loads it again.
+    tplbuild(&["build", "-f", &bf, "--engine", "podman", "--no-cache"]);
+    assert!(engine_images(&["--dry-run"]).contains(&state));
+}

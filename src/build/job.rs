@@ -37,6 +37,9 @@ pub struct BuildRequest {
 /// What the job did.
 #[derive(Debug)]
 pub struct BuildReport {
+    /// The name the result is recorded under in the store (`tplbuild
+    /// export NAME` finds it).
+    pub name: String,
     pub plan: Plan,
     pub built: Built,
     /// Each `--tag` and the manifest digest written there.
@@ -55,6 +58,15 @@ pub async fn run(
     progress: &mut Progress,
 ) -> anyhow::Result<BuildReport> {
     let mut warnings = Warnings::default();
+    // A destination that cannot be written fails now, not after the steps.
+    crate::export::check_dests(&req.outputs).map_err(|e| {
+        let unwritable = matches!(e, crate::export::ExportError::NotWritable { .. });
+        let f = Failure::bad_input(format!("{:#}", anyhow::Error::new(e)));
+        match unwritable {
+            true => f.with_hint("pick an -o dest= in a folder you can write to"),
+            false => f,
+        }
+    })?;
     let (plan, drift) = prepare::locked_plan(store, client, &req.buildfile, req.offline).await?;
     for w in drift {
         warnings.add(progress, w);
@@ -69,9 +81,10 @@ pub async fn run(
     let mut cache = StepCache::new(store, client, caches);
     let built = super::build(&plan, &mut cache, &req.options, need_layers, progress).await?;
     warnings.0.extend(built.warnings.iter().cloned());
-    let name = format!("build:{}", buildfile_name(&plan.buildfile.path));
-    store.set_name(&name, &built.image.descriptor())?;
     let sources = &built.sources;
+    let name = buildfile_name(&plan.buildfile.path);
+    let recorded_as = format!("{}{name}", transfer::local::BUILD_PREFIX);
+    transfer::local::record(store, &recorded_as, &built.image.descriptor(), sources)?;
     let mut published = vec![];
     for t in &req.tags {
         // Layers the registry holds already (template, cache) are mounted,
@@ -82,7 +95,13 @@ pub async fn run(
         let d = transfer::publish(store, client, &built.image, t, &|d| sources.registry_of(d))
             .await
             .with_context(|| format!("publishing to {t}"))?;
-        progress.note("tag", &format!("published {t}@{d}"));
+        progress.fact(
+            "tag",
+            &format!("published {t}@{d}"),
+            serde_json::json!({ "ref": t.to_string(), "digest": d }),
+        );
+        let tag_name = format!("{}{t}", transfer::local::TAG_PREFIX);
+        transfer::local::record(store, &tag_name, &built.image.descriptor(), sources)?;
         published.push((t.clone(), d));
     }
     let cache_push = match &req.cache_to {
@@ -91,7 +110,7 @@ pub async fn run(
             for w in &report.warnings {
                 warnings.add(progress, w.clone());
             }
-            progress.note(
+            progress.fact(
                 "cache",
                 &format!(
                     "cache {r}: {} entries ({} new), {} layers uploaded, {} mounted",
@@ -100,6 +119,13 @@ pub async fn run(
                     report.blobs_uploaded,
                     report.blobs_mounted
                 ),
+                serde_json::json!({
+                    "ref": r.to_string(),
+                    "entries": report.entries_total,
+                    "entries_added": report.entries_added,
+                    "layers_uploaded": report.blobs_uploaded,
+                    "layers_mounted": report.blobs_mounted,
+                }),
             );
             Some((r.clone(), report))
         }
@@ -107,6 +133,7 @@ pub async fn run(
     };
     let exports = export(store, client, &built, &req.outputs, plan.epoch, progress).await?;
     Ok(BuildReport {
+        name,
         plan,
         built,
         published,
@@ -267,7 +294,7 @@ async fn export(
     })
     .await??;
     for r in &reports {
-        progress.note(
+        progress.fact(
             "export",
             &format!(
                 "wrote {} {}{} in {:.1}s",
@@ -276,6 +303,13 @@ async fn export(
                 if r.cached { " (cached)" } else { "" },
                 r.seconds
             ),
+            serde_json::json!({
+                "type": r.kind.to_string(),
+                "path": r.dest,
+                "bytes": r.bytes,
+                "cached": r.cached,
+                "duration_ms": (r.seconds * 1000.0) as u64,
+            }),
         );
     }
     Ok(reports)

@@ -52,6 +52,8 @@ pub struct BuildOptions {
 pub enum BuildError {
     #[error("{location}: `{text}` failed with exit code {code}")]
     StepFailed {
+        /// The step's number (1 is FROM).
+        step: usize,
         location: String,
         text: String,
         code: i64,
@@ -237,7 +239,14 @@ fn finalize(plan: &Plan, image: &Image, records: &[StepRecord]) -> Image {
 }
 
 /// JSON summary for `--progress json` and the human one.
-pub fn summary(built: &Built, tags: &[String]) -> (serde_json::Value, String) {
+/// The end of a build: typed fields for `--progress json`, one line for
+/// people. `total` is the whole job (resolving, pulling, exporting), the
+/// walk's own time is `steps_ms`.
+pub fn summary(
+    built: &Built,
+    tags: &[String],
+    total: std::time::Duration,
+) -> (serde_json::Value, String) {
     let size: u64 = built.image.layers_size();
     let v = json!({
         "digest": built.image.digest().to_string(),
@@ -245,22 +254,27 @@ pub fn summary(built: &Built, tags: &[String]) -> (serde_json::Value, String) {
         "steps_hit_registry": built.remote_hits,
         "steps_run": built.runs,
         "containers_created": built.containers_created,
-        "seconds": built.elapsed.as_secs_f64(),
-        "size": size,
-        "layers": built.image.layers().iter().map(|l| json!({"digest": l.digest.to_string(), "size": l.size})).collect::<Vec<_>>(),
+        "duration_ms": total.as_millis() as u64,
+        "steps_ms": built.elapsed.as_millis() as u64,
+        "bytes": size,
+        "layers": built.image.layers().iter().map(|l| json!({"digest": l.digest.to_string(), "bytes": l.size})).collect::<Vec<_>>(),
         "removed_secrets": built.removed_secrets,
         "tags": tags,
     });
     let text = format!(
-        "built {} in {:.1}s: {} steps hit, {} run, {} in {} layers",
+        "built {} in {:.1}s: {}, {} run, {} in {}",
         built.image.digest(),
-        built.elapsed.as_secs_f64(),
-        built.hits,
+        total.as_secs_f64(),
+        plural(built.hits, "step hit", "steps hit"),
         built.runs,
         crate::human::human_size(size),
-        built.image.layers().len()
+        plural(built.image.layers().len(), "layer", "layers"),
     );
     (v, text)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 pub(crate) fn record_for(

@@ -105,12 +105,13 @@ async fn make(
     let bf = buildfile::parse_file(file, &spec.args).map_err(|diags| {
         let n = diags.0.len();
         let mut f = Failure::bad_input(format!(
-            "{diags}\n{n} error{} in {}; docs/buildfile.md describes every instruction\n",
+            "{diags}\n{n} error{} in {}; `tplbuild docs buildfile` describes every instruction\n",
             if n == 1 { "" } else { "s" },
             file.display()
         ));
         f.preformatted = true;
-        anyhow::Error::new(f)
+        // The diagnostics stay in the chain for `--progress json`'s location.
+        anyhow::Error::new(diags).context(f)
     })?;
     let from = || {
         format!(

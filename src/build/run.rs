@@ -224,25 +224,26 @@ impl Runner {
                 if let Some(l) = plan.locked_step(step) {
                     self.upload_debs(store, container, l).await?;
                 }
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let engine = self.engine.clone();
                 let c = container.clone();
                 let run = tokio::spawn(async move {
                     engine
                         .run(
                             &c,
-                            Box::new(move |line: &str| {
-                                let _ = tx.send(line.to_string());
+                            Box::new(move |stream, line: &str| {
+                                let _ = tx.send((stream, line.to_string()));
                             }),
                         )
                         .await
                 });
-                while let Some(line) = rx.recv().await {
-                    progress.output(step.number, &line);
+                while let Some((stream, line)) = rx.recv().await {
+                    progress.output(step.number, stream, &line);
                 }
                 let code = run.await??;
                 if code != 0 {
                     return Err(BuildError::StepFailed {
+                        step: step.number,
                         location: plan.location(step.span),
                         text: step.text.clone(),
                         code,

@@ -226,7 +226,7 @@ pub async fn walk<E: Executor>(
                 continue;
             }
             show(&done, &mut shown, total, progress);
-            progress.step_start(step.number, total, &step.text, &label.location);
+            progress.step_start(step.number, total, &step.text, &label.location, true);
             let sources = sources_of(plan, &done);
             let record = e
                 .run(
@@ -348,7 +348,13 @@ fn show(done: &[Done], shown: &mut usize, total: usize, progress: &mut Progress)
     for d in &done[*shown..] {
         let ran = matches!(d.status, StepStatus::Miss { .. });
         if !ran {
-            progress.step_start(d.label.number, total, &d.label.text, &d.label.location);
+            progress.step_start(
+                d.label.number,
+                total,
+                &d.label.text,
+                &d.label.location,
+                false,
+            );
         }
         let mut notes: Vec<String> = match &d.status {
             StepStatus::Miss { reasons } if reasons.iter().any(|r| r == "--no-cache") => {

@@ -133,7 +133,7 @@ impl BuildfileArgs {
 #[command(
     after_help = "Each step is shown with its location, its key and HIT (already built) \
     or MISS with the reason, compared with the previous build of the same Buildfile.\n\n\
-    Example:\n  tplbuild plan -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000"
+    Examples:\n  tplbuild plan buildfiles/gateway\n  tplbuild plan buildfiles/gateway --json"
 )]
 pub struct PlanArgs {
     /// The Buildfile, or a folder holding one (the same as -f).
@@ -150,8 +150,12 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-    tplbuild build -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000 -o type=oci,dest=out/gateway\n  \
-    tplbuild build -f buildfiles/gateway/Buildfile --tag 127.0.0.1:5000/products/gateway:1 --progress json\n\n\
+    tplbuild build buildfiles/gateway -o out/gateway.ext4\n  \
+    tplbuild build buildfiles/gateway -q\n  \
+    tplbuild build buildfiles/gateway -o type=oci,dest=out/gateway-oci\n  \
+    tplbuild build buildfiles/gateway --progress json \\\n      \
+    --tag 127.0.0.1:5000/products/gateway:1 \\\n      \
+    --cache-to 127.0.0.1:5000/cache/gateway\n\n\
     Steps run in Docker or Podman (through their Docker-compatible API), on the host \
     network by default. A step whose key was built before runs nothing.")]
 pub struct BuildArgs {

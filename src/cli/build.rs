@@ -12,40 +12,50 @@ use crate::progress::Progress;
 /// `result` event: the exit code, and the digest or the error (message,
 /// causes, hint, and the step's location when a step failed).
 pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
-    let json = a.progress == crate::progress::ProgressMode::Json && !a.quiet;
-    let result = build(ctx, a).await;
-    if json {
-        let event = match &result {
-            Ok(digest) => serde_json::json!({
-                "event": "result", "exit_code": 0, "digest": digest,
-            }),
-            Err(e) => {
-                let (code, hint) = super::exit_code_and_hint(e);
-                let location = e
-                    .chain()
-                    .find_map(|c| match c.downcast_ref::<BuildError>() {
-                        Some(BuildError::StepFailed { location, .. })
-                        | Some(BuildError::Step { location, .. }) => Some(location.clone()),
-                        _ => None,
-                    });
+    let mut progress = Progress::new(if a.quiet {
+        crate::progress::ProgressMode::Quiet
+    } else {
+        a.progress
+    });
+    let result = build(ctx, a, &mut progress).await;
+    match &result {
+        Ok(digest) => progress.result(0, serde_json::json!({ "digest": digest })),
+        Err(e) => {
+            let (code, hint) = super::exit_code_and_hint(e);
+            let location = e
+                .chain()
+                .find_map(|c| match c.downcast_ref::<BuildError>() {
+                    Some(BuildError::StepFailed { location, .. })
+                    | Some(BuildError::Step { location, .. }) => Some(location.clone()),
+                    _ => None,
+                })
+                .or_else(|| {
+                    e.chain()
+                        .find_map(|c| c.downcast_ref::<crate::buildfile::Diagnostics>())
+                        .and_then(|d| d.0.first())
+                        .map(|d| match d.line {
+                            0 => d.path.display().to_string(),
+                            n => format!("{}:{n}:{}", d.path.display(), d.col),
+                        })
+                });
+            progress.result(
+                code,
                 serde_json::json!({
-                    "event": "result",
-                    "exit_code": code,
                     "error": {
                         "message": e.to_string(),
                         "causes": e.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>(),
                         "hint": hint,
                         "location": location,
                     },
-                })
-            }
-        };
-        println!("{event}");
+                }),
+            );
+        }
     }
     result.map(|_| ())
 }
 
-async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
+async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyhow::Result<String> {
+    let started = std::time::Instant::now();
     let bf = std::mem::take(&mut a.path);
     let req = BuildRequest {
         buildfile: a.bf.with_path(bf)?.spec()?,
@@ -75,24 +85,29 @@ async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
             .transpose()?,
         cache_mode: a.cache_mode,
     };
-    let mut progress = Progress::new(if a.quiet {
-        crate::progress::ProgressMode::Quiet
-    } else {
-        a.progress
-    });
     let client = ctx.client()?;
-    let report = match job::run(&ctx.store, &client, req, &mut progress).await {
+    let report = match job::run(&ctx.store, &client, req, progress).await {
         Ok(r) => r,
-        Err(e) => return Err(explain_failure(e, &progress)),
+        Err(e) => return Err(explain_failure(e, progress)),
     };
     let tags: Vec<String> = report
         .published
         .iter()
         .map(|(t, _)| t.to_string())
         .collect();
-    let (v, text) = build::summary(&report.built, &tags);
+    let (v, text) = build::summary(&report.built, &tags, started.elapsed());
     progress.summary(v, &text);
     let digest = report.built.image.digest().to_string();
+    if report.exports.is_empty() && report.published.is_empty() {
+        progress.fact(
+            "hint",
+            &format!(
+                "kept in the store as {:?}; write it out with `tplbuild export {} -o rootfs.tar` (or .ext4, .erofs, .squashfs, a folder)",
+                report.name, report.name
+            ),
+            serde_json::json!({ "name": report.name }),
+        );
+    }
     if !progress.is_json() {
         println!("{digest}");
     }
@@ -102,16 +117,15 @@ async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
 /// Turn a failed step into the story a user needs: the location, the exit
 /// code and the last lines of output.
 fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
-    if let Some(BuildError::StepFailed { tail, .. }) = e.downcast_ref::<BuildError>() {
-        if progress.is_json() {
-            progress.note("step-output-tail", &tail.join("\n"));
-        } else {
-            eprintln!("--- last {} lines of output ---", tail.len());
-            for l in tail {
-                eprintln!("  {l}");
-            }
-            eprintln!("---");
-        }
+    if let Some(BuildError::StepFailed {
+        step,
+        location,
+        text,
+        code,
+        tail,
+    }) = e.downcast_ref::<BuildError>()
+    {
+        progress.step_failed(*step, location, text, *code, tail);
     }
     let interrupted = match e.downcast_ref::<BuildError>() {
         Some(BuildError::Interrupted(i)) => Some(i.exit_code),

@@ -18,10 +18,12 @@ use crate::store::Store;
 use crate::transfer;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example (online, after building once):\n  \
-    tplbuild bundle -f buildfiles/gateway/Buildfile gateway-bundle --insecure-registry 127.0.0.1:5000\n\
+#[command(
+    after_help = "Example (online, after `tplbuild lock` and a build):\n  \
+    tplbuild bundle -f buildfiles/gateway/Buildfile gateway-bundle\n\
     then on the air-gapped machine:\n  \
-    tplbuild --home gateway-bundle build -f buildfiles/gateway/Buildfile --offline -o type=ext4,dest=gw.ext4")]
+    tplbuild --home gateway-bundle build buildfiles/gateway --offline -o gw.ext4"
+)]
 pub struct BundleArgs {
     #[command(flatten)]
     pub bf: BuildfileArgs,

@@ -5,11 +5,13 @@ use clap::Args;
 
 use super::human_size;
 use super::template::parse_target;
-use super::{parse_platform, Context};
+use super::{parse_platform, Context, Failure};
 use crate::oci::Target;
 use crate::transfer;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  \
+    tplbuild pull 127.0.0.1:5000/platform/base:1")]
 pub struct PullArgs {
     /// HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
     #[arg(value_name = "REF")]
@@ -20,8 +22,8 @@ pub struct PullArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-    tplbuild copy 127.0.0.1:5000/platform/base:1 oci:./mirror:base-1 --insecure-registry 127.0.0.1:5000\n  \
-    tplbuild copy oci:./mirror:base-1 registry.example.com/platform/base:1")]
+    tplbuild copy 127.0.0.1:5000/platform/base:1 oci:./mirror:base-1\n  \
+    tplbuild copy oci:./mirror:base-1 127.0.0.1:5000/mirror/base:1")]
 pub struct CopyArgs {
     /// Source: HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
     #[arg(value_name = "SRC")]
@@ -39,14 +41,63 @@ async fn fetch_whole(
     reference: &str,
     platform: Option<&str>,
 ) -> anyhow::Result<transfer::Resolved> {
-    let target = parse_target(reference)?;
-    let platform = parse_platform(platform)?;
     let client = ctx.client()?;
-    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
-        .await
-        .with_context(|| format!("reading {target}"))?;
-    fetch_layers(ctx, &client, &resolved, &target).await?;
+    let resolved = resolve_typed(ctx, &client, reference, platform).await?;
+    fetch_layers(ctx, &client, &resolved, reference).await?;
     Ok(resolved)
+}
+
+/// What the user means by `typed`: an image this machine built (its name,
+/// a tag it published, or its digest; see [`transfer::local`]), else a
+/// registry reference or an OCI layout.
+async fn resolve_typed(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    typed: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<transfer::Resolved> {
+    if let Some(local) = transfer::local::find(&ctx.store, typed).map_err(local_error)? {
+        return Ok(local);
+    }
+    let not_here = |e: anyhow::Error| {
+        match looks_local(typed) {
+        true => e.context(
+            Failure::bad_input(format!(
+                "no image named {typed:?} was built on this machine, and no registry has it"
+            ))
+            .with_hint("`tplbuild images` lists what this machine built; name a registry image as HOST[:PORT]/REPO[:TAG]"),
+        ),
+        false => e,
+    }
+    };
+    if typed.trim_start_matches('@').starts_with("sha256:") {
+        return Err(Failure::bad_input(format!(
+            "no image with digest {typed} was built or pulled on this machine"
+        ))
+        .with_hint("`tplbuild images` lists what the store holds; a registry image is HOST[:PORT]/REPO@sha256:…")
+        .into());
+    }
+    let target = parse_target(typed).map_err(not_here)?;
+    let platform = parse_platform(platform)?;
+    transfer::resolve(&ctx.store, client, &target, &platform)
+        .await
+        .with_context(|| format!("reading {target}"))
+        .map_err(not_here)
+}
+
+/// A digest, or a name with no registry host: what only the store can hold.
+fn looks_local(typed: &str) -> bool {
+    let bare = typed.strip_prefix('@').unwrap_or(typed);
+    bare.starts_with("sha256:") || !(bare.contains('/') || bare.starts_with("oci:"))
+}
+
+fn local_error(e: transfer::local::LocalError) -> anyhow::Error {
+    match e {
+        transfer::local::LocalError::Ambiguous { .. } => Failure::bad_input(e.to_string())
+            .with_hint("type more digits of the digest")
+            .into(),
+        e => e.into(),
+    }
 }
 
 /// Every layer of `resolved` into the store.
@@ -54,7 +105,7 @@ async fn fetch_layers(
     ctx: &Context,
     client: &crate::registry::Client,
     resolved: &transfer::Resolved,
-    from: &Target,
+    from: &str,
 ) -> anyhow::Result<()> {
     transfer::ensure_blobs(
         &ctx.store,
@@ -78,16 +129,14 @@ pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
 }
 
 pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
-    let src = parse_target(&a.source)?;
     let dest = parse_target(&a.dest)?;
-    let platform = parse_platform(a.platform.as_deref())?;
     let client = ctx.client()?;
-    let resolved = transfer::resolve(&ctx.store, &client, &src, &platform)
-        .await
-        .with_context(|| format!("reading {src}"))?;
+    let resolved = resolve_typed(ctx, &client, &a.source, a.platform.as_deref()).await?;
     // Between repositories of one registry, blobs are mounted, not copied.
-    let mount_from = match (&src, &dest) {
-        (Target::Registry(s), Target::Registry(d)) if s.registry == d.registry => Some(s.clone()),
+    let mount_from = match (&resolved.source, &dest) {
+        (transfer::BlobSource::Registry(s), Target::Registry(d)) if s.registry == d.registry => {
+            Some(s.clone())
+        }
         _ => None,
     };
     if let (transfer::BlobSource::Layout(dir), Target::Registry(r)) = (&resolved.source, &dest) {
@@ -99,7 +148,7 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if mount_from.is_none() {
-        fetch_layers(ctx, &client, &resolved, &src).await?;
+        fetch_layers(ctx, &client, &resolved, &a.source).await?;
     }
     // Within one registry, blobs are mounted and nothing is downloaded; if
     // the registry refuses a mount, the blob is fetched and uploaded.
@@ -111,7 +160,7 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
         Ok(d) => d,
         Err(e) if mount_from.is_some() => {
             tracing::debug!("mount-only copy failed ({e}); copying through the store");
-            fetch_layers(ctx, &client, &resolved, &src).await?;
+            fetch_layers(ctx, &client, &resolved, &a.source).await?;
             transfer::publish(&ctx.store, &client, &resolved.image, &dest, &|_| {
                 mount_from.clone()
             })
@@ -128,9 +177,17 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  \
-    tplbuild export 127.0.0.1:5000/products/gateway:1 -o type=ext4,dest=gateway.ext4,size=1G\n  \
-    tplbuild export oci:./templates:base-1 -o type=tar,dest=base.tar.zst,compression=zstd -o type=dir,dest=rootfs")]
+#[command(
+    after_help = "REF is an image this machine built (its name or digest; `tplbuild images`), \
+    a registry image or an OCI layout. -o PATH alone takes the type from the extension \
+    (.tar, .ext4, .erofs, .squashfs; a folder otherwise).\n\n\
+    Examples:\n  \
+    tplbuild export gateway -o out/rootfs.tar\n  \
+    tplbuild export 127.0.0.1:5000/products/gateway:1 \\\n      \
+    -o type=ext4,dest=out/gateway-1g.ext4,size=1G\n  \
+    tplbuild export oci:./templates:base-1 \\\n      \
+    -o type=tar,dest=base.tar.zst,compression=zstd -o type=dir,dest=rootfs"
+)]
 pub struct ExportArgs {
     /// Any image: a template, a built product, a Docker-built image.
     #[arg(value_name = "REF")]

@@ -17,8 +17,9 @@ use crate::progress::{Progress, ProgressMode};
     step, the exact packages it installs or removes (name, version, architecture, archive \
     path, sha256, size), and the archive suites resolved against. Locked versions are kept \
     unless --update names them.\n\n\
-    Examples:\n  tplbuild lock -f buildfiles/gateway/Buildfile --insecure-registry 127.0.0.1:5000\n  \
-    tplbuild lock -f buildfiles/gateway/Buildfile --update openssh-server"
+    Examples:\n  tplbuild lock -f buildfiles/gateway/Buildfile\n  \
+    tplbuild lock -f buildfiles/gateway/Buildfile --update openssh-server\n  \
+    tplbuild lock -f buildfiles/gateway/Buildfile --check"
 )]
 pub struct LockArgs {
     #[command(flatten)]
@@ -41,7 +42,10 @@ pub struct LockArgs {
     checked against the lock's sha256 and size. --cache-from/--cache-to share the .debs \
     through a registry as an OCI artifact (one tag may serve several lockfiles).\n\n\
     Examples:\n  tplbuild fetch -f buildfiles/gateway/Buildfile\n  \
-    tplbuild fetch -f buildfiles/gateway/Buildfile --cache-from 127.0.0.1:5000/debs/gateway:cache --offline"
+    tplbuild fetch -f buildfiles/gateway/Buildfile \\\n      \
+    --cache-to 127.0.0.1:5000/debs/gateway:cache\n  \
+    tplbuild fetch -f buildfiles/gateway/Buildfile --offline \\\n      \
+    --cache-from 127.0.0.1:5000/debs/gateway:cache"
 )]
 pub struct FetchArgs {
     /// The Buildfile whose lock to fetch (FILE.lock); the same Buildfile

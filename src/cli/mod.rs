@@ -6,6 +6,8 @@ mod args;
 mod build;
 mod bundle;
 mod copy;
+mod docs;
+mod images;
 mod lock;
 mod plan;
 mod prune;
@@ -33,12 +35,17 @@ use crate::store::Store;
         `tplbuild build`, which runs the apt steps in Docker or Podman and exports \
         an ext4/erofs/squashfs image, a tarball, a directory or a new OCI image. \
         Every step is content-addressed and cached, locally and in the registry.",
-    after_help = "Examples:\n  \
-        tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:1 --insecure-registry 127.0.0.1:5000\n  \
-        tplbuild template inspect oci:./templates:base-1\n  \
-        tplbuild copy oci:./templates:base-1 registry.example.com/platform/base:1\n\n\
-        Images are named like Docker's (`host[:port]/repo[:tag][@sha256:…]`) or as an \
-        OCI image layout on disk: `oci:DIR[:TAG]`."
+    after_help = "A first build: publish a template, then build a Buildfile on it.\n  \
+        tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:1\n  \
+        tplbuild plan buildfiles/gateway\n  \
+        tplbuild build buildfiles/gateway -o out/gateway.ext4\n  \
+        tplbuild export gateway -o out/gateway.tar\n\n\
+        Images are named like Docker's (`host[:port]/repo[:tag][@sha256:…]`), as an \
+        OCI image layout on disk (`oci:DIR[:TAG]`), or by what this machine built \
+        (`gateway`, `sha256:…`; see `tplbuild images`). A plain-HTTP registry such as \
+        127.0.0.1:5000 is named in ~/.config/tplbuild/registries.toml (`insecure = \
+        [\"127.0.0.1:5000\"]`) or with --insecure-registry. References: `tplbuild docs \
+        buildfile`, `tplbuild docs progress-json`, `tplbuild docs engines`."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -79,6 +86,8 @@ pub enum Command {
     Build(args::BuildArgs),
     /// Flatten any image into a tarball, folder or ext4/erofs/squashfs image.
     Export(copy::ExportArgs),
+    /// List the builds this machine recorded (name, digest, size, age).
+    Images(images::ImagesArgs),
     /// Write the template, step cache and locked .debs of a Buildfile into
     /// one folder an air-gapped machine builds from with --offline.
     Bundle(bundle::BundleArgs),
@@ -88,6 +97,12 @@ pub enum Command {
     Fetch(lock::FetchArgs),
     /// Free the store of steps, exports and blobs not used for a while.
     Prune(prune::PruneArgs),
+    /// Print a reference: the Buildfile language, the JSON events, engines.
+    Docs(docs::DocsArgs),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completion(docs::CompletionArgs),
+    /// Print the man page (roff), generated from these flags.
+    Man(docs::ManArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -146,8 +161,12 @@ pub fn parse_platform(s: Option<&str>) -> anyhow::Result<Platform> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::transfer::set_jobs(cli.global.jobs);
     // Prune opens the store for itself alone, never shared first.
+    // These need no store.
     let command = match cli.command {
-        Command::Prune(a) => return prune::prune_cmd(&cli.global, a),
+        Command::Prune(a) => return prune::prune_cmd(&cli.global, a).await,
+        Command::Docs(a) => return docs::docs(a),
+        Command::Completion(a) => return docs::completion(a),
+        Command::Man(a) => return docs::man(a),
         other => other,
     };
     let ctx = Context::new(cli.global)?;
@@ -158,10 +177,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(a) => plan::plan_cmd(&ctx, a).await,
         Command::Build(a) => build::build_cmd(&ctx, a).await,
         Command::Export(a) => copy::export(&ctx, a).await,
+        Command::Images(a) => images::images(&ctx, a),
         Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
         Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
         Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
-        Command::Prune(_) => unreachable!("handled above"),
+        Command::Prune(_) | Command::Docs(_) | Command::Completion(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -181,6 +203,18 @@ pub fn exit_code_and_hint(err: &anyhow::Error) -> (u8, Option<String>) {
         if hint.is_none() {
             hint = f.hint.clone();
         }
+    }
+    // An output option the content proved wrong (`size=` too small) is
+    // the user's to fix, found only once the content was known.
+    if code == exit::FAILURE
+        && err.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<crate::export::ExportError>(),
+                Some(crate::export::ExportError::TooSmall { .. })
+            )
+        })
+    {
+        code = exit::BAD_INPUT;
     }
     (code, hint)
 }

@@ -15,10 +15,16 @@ Removes step records, cached exports and blobs not used for --older-than \
 step record needs. A build that used something touched it, so what CI uses \
 every day stays. Waits for other tplbuild processes using the store to end.
 
+--engine also removes what tplbuild loaded into the engine (the images \
+tplbuild/state:* and tplbuild/layer:*, which `docker images` shows): a copy of \
+store content that a later step loads again when it needs it. Images a \
+container still uses stay.
+
 Examples:
   tplbuild prune                    # what the last week did not use
   tplbuild prune --older-than 24h --dry-run
-  tplbuild prune --all              # every step and export; named images stay")]
+  tplbuild prune --all              # every step and export; named images stay
+  tplbuild prune --engine --dry-run # and the images tplbuild loaded into Docker")]
 pub struct PruneArgs {
     /// Remove what was not used for this long: 90s, 30m, 24h, 7d, 2w.
     #[arg(long, value_name = "AGE", default_value = "7d", conflicts_with = "all")]
@@ -35,9 +41,13 @@ pub struct PruneArgs {
     /// Prune a store that `tplbuild bundle` made, too.
     #[arg(long)]
     pub force: bool,
+    /// Also remove the images tplbuild loaded into this engine (auto,
+    /// docker or podman; auto when given alone).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "auto", value_name = "ENGINE")]
+    pub engine: Option<super::args::EngineArg>,
 }
 
-pub fn prune_cmd(global: &GlobalArgs, a: PruneArgs) -> anyhow::Result<()> {
+pub async fn prune_cmd(global: &GlobalArgs, a: PruneArgs) -> anyhow::Result<()> {
     let age = if a.all {
         Duration::ZERO
     } else {
@@ -63,8 +73,18 @@ pub fn prune_cmd(global: &GlobalArgs, a: PruneArgs) -> anyhow::Result<()> {
         .into());
     }
     let r = store.prune(age, a.dry_run)?;
+    // The store is done with: release it before talking to the engine.
+    drop(store);
+    let engine = match a.engine {
+        Some(choice) => Some(prune_engine(choice, a.dry_run).await?),
+        None => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(e) = &engine {
+            v["engine_images"] = serde_json::to_value(e)?;
+        }
+        println!("{v}");
         return Ok(());
     }
     let verb = if a.dry_run { "would remove" } else { "removed" };
@@ -80,5 +100,47 @@ pub fn prune_cmd(global: &GlobalArgs, a: PruneArgs) -> anyhow::Result<()> {
         r.kept_blobs,
         human_size(r.kept_bytes)
     );
+    if let Some(e) = engine {
+        println!(
+            "{verb} {} image(s) tplbuild loaded into {}{}",
+            e.removed.len(),
+            e.engine,
+            match e.in_use.len() {
+                0 => String::new(),
+                n => format!("; {n} in use by a container stayed"),
+            }
+        );
+    }
     Ok(())
+}
+
+/// What `prune --engine` did.
+#[derive(Debug, serde::Serialize)]
+struct EnginePrune {
+    engine: String,
+    removed: Vec<String>,
+    in_use: Vec<String>,
+}
+
+async fn prune_engine(
+    choice: super::args::EngineArg,
+    dry_run: bool,
+) -> anyhow::Result<EnginePrune> {
+    let engine = crate::engine::connect(choice.choice()).await?;
+    let mut report = EnginePrune {
+        engine: format!("{} at {}", engine.info().kind, engine.info().host),
+        removed: vec![],
+        in_use: vec![],
+    };
+    for image in engine.loaded_images().await? {
+        if dry_run {
+            report.removed.push(image.tag);
+            continue;
+        }
+        match engine.remove_unused_image(&image.tag).await? {
+            true => report.removed.push(image.tag),
+            false => report.in_use.push(image.tag),
+        }
+    }
+    Ok(report)
 }

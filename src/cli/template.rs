@@ -26,7 +26,7 @@ pub enum TemplateCommand {
     #[command(after_help = "Examples:\n  \
         mmdebstrap --variant=minbase bookworm rootfs.tar\n  \
         tplbuild template import rootfs.tar oci:./templates:base-1\n  \
-        tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:1 --insecure-registry 127.0.0.1:5000 \\\n      \
+        tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:2024.06 \\\n      \
         --annotation org.opencontainers.image.version=2024.06")]
     Import(ImportArgs),
     /// Show a template's digest, platform, layers, annotations and packages.
@@ -55,6 +55,9 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tplbuild template inspect oci:./templates:base-1\n  \
+    tplbuild template inspect 127.0.0.1:5000/platform/base:1 --json")]
 pub struct InspectArgs {
     /// The template: HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
     #[arg(value_name = "REF")]

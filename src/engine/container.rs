@@ -14,6 +14,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 
+use super::seam::OutputStream;
 use super::{
     is_not_found, Change, ChangeKind, Container, ContainerSpec, Engine, EngineError, LABEL_HOST,
     LABEL_PID, LABEL_STARTED, LABEL_STEP,
@@ -110,7 +111,7 @@ impl Engine {
     pub async fn run(
         &self,
         c: &Container,
-        mut on_line: impl FnMut(&str) + Send,
+        mut on_line: impl FnMut(OutputStream, &str) + Send,
     ) -> Result<i64, EngineError> {
         // Attach before starting (with `logs` for anything written in
         // between), as `docker run` does, so no early line is lost.
@@ -368,36 +369,39 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
-    fn push(&mut self, out: &LogOutput, on_line: &mut impl FnMut(&str)) {
-        let buf = match out {
-            LogOutput::StdErr { .. } => &mut self.stderr,
-            _ => &mut self.stdout,
+    fn push(&mut self, out: &LogOutput, on_line: &mut impl FnMut(OutputStream, &str)) {
+        let (stream, buf) = match out {
+            LogOutput::StdErr { .. } => (OutputStream::Stderr, &mut self.stderr),
+            _ => (OutputStream::Stdout, &mut self.stdout),
         };
         for &b in out.as_ref() {
             if b == b'\n' {
-                emit(buf, on_line);
+                emit(stream, buf, on_line);
             } else {
                 buf.push(b);
                 if buf.len() >= MAX_LINE {
-                    emit(buf, on_line);
+                    emit(stream, buf, on_line);
                 }
             }
         }
     }
 
-    fn close(&mut self, on_line: &mut impl FnMut(&str)) {
-        for buf in [&mut self.stdout, &mut self.stderr] {
+    fn close(&mut self, on_line: &mut impl FnMut(OutputStream, &str)) {
+        for (stream, buf) in [
+            (OutputStream::Stdout, &mut self.stdout),
+            (OutputStream::Stderr, &mut self.stderr),
+        ] {
             if !buf.is_empty() {
-                emit(buf, on_line);
+                emit(stream, buf, on_line);
             }
         }
         self.closed = true;
     }
 }
 
-fn emit(buf: &mut Vec<u8>, on_line: &mut impl FnMut(&str)) {
+fn emit(stream: OutputStream, buf: &mut Vec<u8>, on_line: &mut impl FnMut(OutputStream, &str)) {
     let line = String::from_utf8_lossy(buf);
-    on_line(line.strip_suffix('\r').unwrap_or(&line));
+    on_line(stream, line.strip_suffix('\r').unwrap_or(&line));
     buf.clear();
 }
 
@@ -419,7 +423,7 @@ mod tests {
     #[test]
     fn lines_split_across_chunks_are_joined_and_streams_do_not_mix() {
         let mut got = Vec::new();
-        let mut on_line = |l: &str| got.push(l.to_string());
+        let mut on_line = |stream: OutputStream, l: &str| got.push(format!("{stream:?}: {l}"));
         let mut s = LineSplitter::default();
         s.push(&out("Get:1 http://deb"), &mut on_line);
         s.push(&err("E: oops\r\nW: par"), &mut on_line);
@@ -429,10 +433,10 @@ mod tests {
         assert_eq!(
             got,
             [
-                "E: oops",
-                "Get:1 http://debian.org bookworm",
-                "Reading",
-                "W: partial"
+                "Stderr: E: oops",
+                "Stdout: Get:1 http://debian.org bookworm",
+                "Stdout: Reading",
+                "Stderr: W: partial"
             ]
         );
     }
@@ -441,10 +445,10 @@ mod tests {
     fn an_endless_line_is_passed_on_in_pieces() {
         let mut got = Vec::new();
         let mut s = LineSplitter::default();
-        s.push(&out(&"x".repeat(MAX_LINE + 10)), &mut |l: &str| {
+        s.push(&out(&"x".repeat(MAX_LINE + 10)), &mut |_, l: &str| {
             got.push(l.len())
         });
-        s.close(&mut |l: &str| got.push(l.len()));
+        s.close(&mut |_, l: &str| got.push(l.len()));
         assert_eq!(got, [MAX_LINE, 10]);
     }
 }

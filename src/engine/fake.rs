@@ -186,7 +186,7 @@ impl StepEngine for FakeEngine {
                 .and_then(|s| self.effects.lock().unwrap().get(&s).cloned())
                 .unwrap_or_default();
             for l in &effect.lines {
-                on_line(l);
+                on_line(super::seam::OutputStream::Stdout, l);
             }
             for (path, bytes) in &effect.files {
                 let p = self.upper(c).join(path);

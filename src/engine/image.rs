@@ -4,7 +4,7 @@
 use std::io;
 
 use bollard::query_parameters::{
-    CreateImageOptions, ImportImageOptions, RemoveImageOptions, TagImageOptions,
+    CreateImageOptions, ImportImageOptions, ListImagesOptions, RemoveImageOptions, TagImageOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -14,7 +14,47 @@ use super::archive::{open_uncompressed, write_docker_archive, ChannelWriter, Loa
 use super::{is_not_found, Engine, EngineError};
 use crate::oci::Digest;
 
+/// The repositories of the images tplbuild loads into an engine: parent
+/// states of steps, and template layers imported on their own.
+pub const LOADED_REPOS: [&str; 2] = ["tplbuild/state", "tplbuild/layer"];
+
+/// One tag tplbuild loaded into the engine.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadedImage {
+    pub tag: String,
+    /// The image's size as the engine counts it (shared layers included).
+    pub bytes: u64,
+}
+
 impl Engine {
+    /// Every tag in [`LOADED_REPOS`], sorted.
+    pub async fn loaded_images(&self) -> Result<Vec<LoadedImage>, EngineError> {
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions::default()))
+            .await
+            .map_err(EngineError::api("listing images".to_string()))?;
+        let mut found: Vec<LoadedImage> = images
+            .into_iter()
+            .flat_map(|i| {
+                let bytes = u64::try_from(i.size).unwrap_or(0);
+                i.repo_tags
+                    .into_iter()
+                    .map(move |tag| LoadedImage { tag, bytes })
+            })
+            // Podman names them localhost/tplbuild/…
+            .map(|mut i| {
+                if let Some(t) = i.tag.strip_prefix("localhost/") {
+                    i.tag = t.to_string();
+                }
+                i
+            })
+            .filter(|i| LOADED_REPOS.contains(&split_tag(&i.tag).0))
+            .collect();
+        found.sort_by(|a, b| a.tag.cmp(&b.tag));
+        Ok(found)
+    }
+
     /// True if the engine has an image with this tag (e.g. `tplbuild/state:<hex>`).
     pub async fn has_image(&self, tag: &str) -> Result<bool, EngineError> {
         match self.docker.inspect_image(tag).await {
@@ -111,6 +151,22 @@ impl Engine {
             .tag_image(source, Some(options))
             .await
             .map_err(EngineError::api(format!("tagging {source} as {tag}")))
+    }
+
+    /// Remove the tag `tag` unless a container uses its image: false then.
+    pub async fn remove_unused_image(&self, tag: &str) -> Result<bool, EngineError> {
+        match self
+            .docker
+            .remove_image(tag, None::<RemoveImageOptions>, None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(false),
+            Err(e) => Err(EngineError::api(format!("removing image {tag}"))(e)),
+        }
     }
 
     /// Remove the tag `tag` (and the image, if no other tag or container

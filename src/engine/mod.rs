@@ -36,7 +36,8 @@ pub use connect::{connect, connect_host, ConnectError};
 pub use diff::{DiffChoice, DiffSource};
 pub use guard::ContainerGuard;
 pub use seam::{
-    introduce, run_container, ByteStream, ContainerWork, LineSink, StepEngine, START_ATTEMPTS,
+    introduce, run_container, ByteStream, ContainerWork, LineSink, OutputStream, StepEngine,
+    START_ATTEMPTS,
 };
 
 /// Which engine `--engine` asked for.

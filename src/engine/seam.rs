@@ -15,8 +15,8 @@ use futures_util::future::BoxFuture;
 use futures_util::Stream;
 
 use super::{
-    Container, ContainerSpec, DiffChoice, DiffSource, Engine, EngineError, EngineInfo, LoadLayer,
-    LoadSpec,
+    Container, ContainerSpec, DiffChoice, DiffSource, Engine, EngineError, EngineInfo, EngineKind,
+    LoadLayer, LoadSpec,
 };
 use crate::layer::{ChangeSet, TreeIndex};
 use crate::progress::Progress;
@@ -24,8 +24,16 @@ use crate::progress::Progress;
 /// A tar stream sent into a container.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
 
-/// Called with each line a container prints.
-pub type LineSink<'a> = Box<dyn FnMut(&str) + Send + 'a>;
+/// Called with each line a container prints, and which stream it came on.
+pub type LineSink<'a> = Box<dyn FnMut(OutputStream, &str) + Send + 'a>;
+
+/// Which of a container's streams a line came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
 
 /// What building needs from an engine. Object safe, so a build holds an
 /// `Arc<dyn StepEngine>` whatever answers behind it.
@@ -149,12 +157,31 @@ impl StepEngine for Engine {
 /// on it: the start of every build and lock.
 pub async fn introduce(engine: &dyn StepEngine, progress: &Progress) {
     let info = engine.info();
-    progress.note(
+    let mut msg = format!(
+        "using {} {} (API {}) at {}",
+        info.kind, info.version, info.api_version, info.host
+    );
+    // Say so when a variable the user set points elsewhere (`--engine
+    // podman` with DOCKER_HOST set): they may have meant that engine.
+    let other = match info.kind {
+        EngineKind::Podman => "DOCKER_HOST",
+        EngineKind::Docker => "CONTAINER_HOST",
+    };
+    if let Some(v) = std::env::var(other)
+        .ok()
+        .filter(|v| !v.is_empty() && *v != info.host)
+    {
+        msg.push_str(&format!(
+            " ({other}={v} is for the other engine and not used)"
+        ));
+    }
+    progress.fact(
         "engine",
-        &format!(
-            "using {} {} (API {}) at {}",
-            info.kind, info.version, info.api_version, info.host
-        ),
+        &msg,
+        serde_json::json!({
+            "kind": info.kind.to_string(), "version": info.version,
+            "api_version": info.api_version, "host": info.host,
+        }),
     );
     match engine.cleanup_leftovers().await {
         Ok(0) => {}

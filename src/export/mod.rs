@@ -41,7 +41,7 @@ pub use erofs::ErofsExporter;
 pub use ext4::{derive_uuid, Ext4Exporter};
 pub use flatten::flatten;
 pub use place::copy_file;
-pub use run::export_all;
+pub use run::{check_dests, export_all};
 pub use simple::{DirExporter, TarExporter};
 pub use spec::{parse_size, OutputSpec, SpecError};
 pub use squashfs::SquashfsExporter;
@@ -147,6 +147,31 @@ pub trait Exporter {
     }
 }
 
+impl ExportError {
+    /// Name the user's destination, not the temp file an exporter wrote.
+    pub(crate) fn for_dest(self, user_dest: &Path) -> Self {
+        match self {
+            ExportError::TooSmall { size, needed, .. } => ExportError::TooSmall {
+                dest: user_dest.to_path_buf(),
+                size,
+                needed,
+            },
+            ExportError::ToolFailed {
+                tool,
+                status,
+                stderr,
+                ..
+            } => ExportError::ToolFailed {
+                tool,
+                dest: user_dest.to_path_buf(),
+                status,
+                stderr,
+            },
+            e => e,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
@@ -192,6 +217,13 @@ pub enum ExportError {
     },
     #[error("{what}")]
     Unexpected { what: String },
+    #[error("cannot write {dest}: {dir} does not take new files")]
+    NotWritable {
+        dest: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("two outputs write to {dest}")]
     DuplicateDest { dest: PathBuf },
     #[error("{dest} is a non-empty directory; pass force=true to replace it")]
@@ -200,7 +232,7 @@ pub enum ExportError {
     DestIsDir { dest: PathBuf, kind: OutputKind },
     #[error("{dest} exists and is not a directory")]
     DestNotDir { dest: PathBuf },
-    #[error("size={size} is too small for ext4 {dest}: the content needs at least {needed} bytes")]
+    #[error("size={} is too small for {dest}: the content needs at least {} ({needed} bytes); leave size= out to fit the content, or give at least size={}M", crate::human::human_size(*size), crate::human::human_size(*needed), needed.div_ceil(1024 * 1024))]
     TooSmall {
         dest: PathBuf,
         size: u64,

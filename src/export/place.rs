@@ -49,6 +49,37 @@ fn parent_of(dest: &Path) -> PathBuf {
     }
 }
 
+/// Refuse a destination whose folder cannot take a new file, before any
+/// work: the nearest folder of `dest` that exists (the export makes the
+/// rest) must let a file be made in it, as the export's temp file will be.
+pub(super) fn check_writable(dest: &Path) -> Result<(), ExportError> {
+    let mut dir = parent_of(dest);
+    while fs_err::symlink_metadata(&dir).is_err() {
+        dir = parent_of(&dir);
+        if dir == Path::new(".") {
+            break;
+        }
+    }
+    // std's OpenOptions: its error is the bare OS error, and the message
+    // names the user's path rather than the probe's.
+    let probe = dir.join(format!(".tplbuild-probe.{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = fs_err::remove_file(&probe);
+            Ok(())
+        }
+        Err(source) => Err(ExportError::NotWritable {
+            dest: dest.to_path_buf(),
+            dir,
+            source,
+        }),
+    }
+}
+
 /// Refuse a file output over a directory before any work is done.
 pub(super) fn check_file_dest(dest: &Path, kind: OutputKind) -> Result<(), ExportError> {
     match fs_err::symlink_metadata(dest) {

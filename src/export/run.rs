@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::cache::{export_key, inputs_for, Cache, Entry};
-use super::place::{check_dir_dest, check_file_dest, persist_file, temp_beside, temp_dir_beside};
+use super::place::{
+    check_dir_dest, check_file_dest, check_writable, persist_file, temp_beside, temp_dir_beside,
+};
 use super::{
     flatten, human_bytes, thousands, ExportContext, ExportError, ExportReport, Exporter,
     OutputKind, OutputSpec, TreeStats,
@@ -312,7 +314,8 @@ fn export_file(
             let tree = tree.expect("a tree was flattened for uncached outputs");
             let ctx = tree.context(store, digest, epoch);
             let t = Instant::now();
-            ex.export(tree.path(), &ctx, &tmp)?;
+            ex.export(tree.path(), &ctx, &tmp)
+                .map_err(|e| e.for_dest(dest))?;
             let made = t.elapsed().as_secs_f64();
             let bytes = fs_err::metadata(&*tmp)?.len();
             let entry = Entry {
@@ -392,11 +395,14 @@ fn dest_identity(dest: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// Refuse bad destinations before any work: two outputs to one path, a
-/// file output over a directory, a non-empty `dir` without `force=true`.
-fn check_dests(outputs: &[OutputSpec]) -> Result<(), ExportError> {
+/// Refuse bad destinations before any work (a build checks them before
+/// its first step): two outputs to one path, a folder that takes no new
+/// file, a file output over a directory, a non-empty `dir` without
+/// `force=true`.
+pub fn check_dests(outputs: &[OutputSpec]) -> Result<(), ExportError> {
     let mut seen = HashSet::new();
     for spec in outputs {
+        check_writable(&spec.dest)?;
         if !seen.insert(dest_identity(&spec.dest)?) {
             return Err(ExportError::DuplicateDest {
                 dest: spec.dest.clone(),

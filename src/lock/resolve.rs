@@ -331,7 +331,7 @@ async fn run_once(
     }
     let mut lines = vec![];
     let code = engine
-        .run(container, Box::new(|l: &str| lines.push(l.to_string())))
+        .run(container, Box::new(|_, l: &str| lines.push(l.to_string())))
         .await?;
     Ok((code, lines))
 }

@@ -23,9 +23,9 @@ pub enum RegistryError {
     ClientSetup(#[source] reqwest::Error),
     #[error("reading CA certificate {}: {reason}", path.display())]
     CaFile { path: PathBuf, reason: String },
-    #[error("{context}: registry {registry} answered over plain HTTP but is not named insecure (hint: pass --insecure-registry {registry} or add it to `insecure` in registries.toml)")]
+    #[error("{context}: registry {registry} answered over plain HTTP but is not named insecure (hint: pass --insecure-registry {registry} or add it to `insecure` in ~/.config/tplbuild/registries.toml, or $TPLBUILD_CONFIG_DIR/registries.toml)")]
     PlainHttp { context: String, registry: String },
-    #[error("{context}: the TLS certificate of {registry} is not trusted (hint: install its CA in the system store, set TPLBUILD_CA_FILE, or add it to `ca_files` in registries.toml)")]
+    #[error("{context}: the TLS certificate of {registry} is not trusted (hint: install its CA in the system store, set TPLBUILD_CA_FILE, or add it to `ca_files` in ~/.config/tplbuild/registries.toml, or $TPLBUILD_CONFIG_DIR/registries.toml)")]
     Certificate {
         context: String,
         registry: String,

@@ -21,10 +21,45 @@ impl Store {
             .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(name)))
     }
 
+    /// Every named manifest, in `index.json` order.
+    pub fn named(&self) -> Result<Vec<Descriptor>, StoreError> {
+        Ok(read_index(&self.root().join("index.json"))?
+            .manifests
+            .into_iter()
+            .filter(|d| d.annotations.contains_key(REF_NAME))
+            .collect())
+    }
+
     /// Record `desc` under `name`, replacing an older entry of that name.
     pub fn set_name(&self, name: &str, desc: &Descriptor) -> Result<(), StoreError> {
         let _lock = self.lock()?;
         set_name_in_layout(self.root(), name, desc)
+    }
+
+    /// Like [`Store::set_name`], with an annotation `stamp` = `value` that
+    /// is written only when the name changes (a no-op rebuild keeps the
+    /// time its result was first recorded).
+    pub fn set_name_stamped(
+        &self,
+        name: &str,
+        desc: &Descriptor,
+        stamp: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut desc = desc.clone();
+        let kept = self
+            .lookup_name(name)?
+            .filter(|old| {
+                let mut old = old.clone();
+                old.annotations.remove(REF_NAME);
+                let old_stamp = old.annotations.remove(stamp);
+                old == desc && old_stamp.is_some()
+            })
+            .and_then(|old| old.annotations.get(stamp).cloned());
+        desc.annotations
+            .insert(stamp.to_string(), kept.unwrap_or_else(|| value.to_string()));
+        set_name_in_layout(self.root(), name, &desc)
     }
 
     /// Hold the store lock (an exclusive flock) until the guard drops.

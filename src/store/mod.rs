@@ -194,15 +194,25 @@ pub(crate) fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> std::io::R
 }
 
 pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        fs_err::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
+    // A bare name (`-o x.tar`) has the empty path as its parent: the
+    // working directory.
+    let parent = match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return Ok(()),
+    };
+    fs_err::File::open(parent)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_file_name_syncs_the_working_directory() {
+        sync_parent(Path::new("x.tar")).unwrap();
+        sync_parent(Path::new("/")).unwrap();
+    }
 
     #[test]
     fn open_creates_an_oci_layout() {

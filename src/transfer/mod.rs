@@ -4,6 +4,7 @@
 //! it.
 
 mod layout;
+pub mod local;
 mod remote;
 
 use crate::image::Image;
@@ -44,6 +45,9 @@ pub enum BlobSource {
     Store,
     Layout(std::path::PathBuf),
     Registry(Reference),
+    /// Per blob, as a build recorded it: step layers from registry caches,
+    /// the rest from the template's source.
+    Mixed(Box<Sources>),
 }
 
 /// An image whose manifest and config are in the store, and where to fetch
@@ -212,8 +216,16 @@ pub async fn ensure_blobs(
         if store.has_blob(&desc.digest) {
             continue;
         }
+        let mixed;
+        let source = match source {
+            BlobSource::Mixed(sources) => {
+                mixed = sources.source_of(&desc.digest);
+                &mixed
+            }
+            s => s,
+        };
         match source {
-            BlobSource::Store => {
+            BlobSource::Store | BlobSource::Mixed(_) => {
                 return Err(StoreError::Missing {
                     digest: desc.digest.clone(),
                 }
