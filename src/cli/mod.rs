@@ -9,6 +9,7 @@ mod copy;
 mod lock;
 mod plan;
 mod prune;
+mod sign;
 mod template;
 
 pub use crate::failure::{exit, Failure};
@@ -88,6 +89,10 @@ pub enum Command {
     Fetch(lock::FetchArgs),
     /// Free the store of steps, exports and blobs not used for a while.
     Prune(prune::PruneArgs),
+    /// Sign an image in a registry with a private key (cosign's format).
+    Sign(sign::SignArgs),
+    /// Check an image's signatures against public keys (cosign's format).
+    Verify(sign::VerifyArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -161,6 +166,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
         Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
         Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
+        Command::Sign(a) => sign::sign_cmd(&ctx, a).await,
+        Command::Verify(a) => sign::verify_cmd(&ctx, a).await,
         Command::Prune(_) => unreachable!("handled above"),
     }
 }

@@ -49,7 +49,7 @@ pub enum SignError {
     Registry {
         context: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),

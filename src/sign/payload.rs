@@ -202,7 +202,7 @@ mod tests {
     fn a_manifest_round_trips_and_a_repeated_signature_is_not_added_twice() {
         let a = payload_layer(b"p1", b"s1");
         let b = payload_layer(b"p2", b"s2");
-        let layers = with_signature(&[a.clone()], b.clone()).unwrap();
+        let layers = with_signature(std::slice::from_ref(&a), b.clone()).unwrap();
         assert!(with_signature(&layers, a.clone()).is_none());
         let cfg = sig_config(&layers);
         let cfg_d = Descriptor::new(MediaType::OCI_CONFIG, Digest::of(&cfg), cfg.len() as u64);

@@ -96,7 +96,10 @@ fn sig_ref(repo: &Reference, digest: &Digest) -> Reference {
 }
 
 fn registry_err(context: String) -> impl FnOnce(RegistryError) -> SignError {
-    move |source| SignError::Registry { context, source }
+    move |source| SignError::Registry {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// Sign the image `target` names (its digest, or what its tag points at
@@ -192,11 +195,11 @@ async fn pull_small(
     if desc.size > MAX_PAYLOAD_BYTES {
         return Err(SignError::Registry {
             context: context.to_string(),
-            source: RegistryError::TooLarge {
+            source: Box::new(RegistryError::TooLarge {
                 context: format!("blob {}", desc.digest),
                 what: "signature payload",
                 limit: MAX_PAYLOAD_BYTES,
-            },
+            }),
         });
     }
     let mut sink = VecSink::default();
