@@ -57,6 +57,8 @@ fn bed() -> &'static Bed {
              && openssl ecparam -name prime256v1 -genkey -noout -out w.pem \
              && openssl ec -in w.pem -pubout -out w.pub"
         ));
+        // The canary is armed before the first command that reads a key.
+        KEY_LINES.get_or_init(|| key_lines(keys.path()));
         let signed = format!("{}/platform/base", Bed::prefix());
         let unsigned = format!("{}/unsigned/base", Bed::prefix());
         let env = Env::new();
@@ -90,12 +92,11 @@ fn bed() -> &'static Bed {
 }
 
 /// Every PEM body line of the test keys: none may appear in any output.
-fn key_lines() -> Vec<String> {
-    let b = bed();
+fn key_lines(dir: &Path) -> Vec<String> {
     ["k.pem", "w.pem"]
         .iter()
         .flat_map(|k| {
-            fs_err::read_to_string(b.key(k))
+            fs_err::read_to_string(dir.join(k))
                 .unwrap()
                 .lines()
                 .map(str::to_string)
@@ -118,9 +119,10 @@ fn assert_no_key_material(out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // While the bed is being made, `bed()` cannot be asked for its keys.
-    let Some(b) = BED_READY.get() else { return };
-    for l in b {
+    let lines = KEY_LINES
+        .get()
+        .expect("the keys are made before any command runs");
+    for l in lines {
         assert!(
             !text.contains(l.as_str()),
             "key material in the output:\n{text}"
@@ -128,14 +130,7 @@ fn assert_no_key_material(out: &Output) {
     }
 }
 
-static BED_READY: OnceLock<Vec<String>> = OnceLock::new();
-
-/// The bed, with the canary armed.
-fn ready() -> &'static Bed {
-    let b = bed();
-    BED_READY.get_or_init(key_lines);
-    b
-}
+static KEY_LINES: OnceLock<Vec<String>> = OnceLock::new();
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -202,7 +197,7 @@ fn an_imported_template_is_signed_in_cosign_format_and_openssl_verifies_it() {
     if !testbed("signed import") {
         return;
     }
-    let b = ready();
+    let b = bed();
     let env = Env::new();
     let repo = repo_path(&b.signed);
     let manifest_file = env.path("sig.json");
@@ -311,7 +306,7 @@ fn sign_and_verify_round_trip_and_each_bad_signature_is_refused_clearly() {
     if !testbed("sign/verify") {
         return;
     }
-    let b = ready();
+    let b = bed();
     let env = Env::new();
     fs_err::create_dir_all(env.path("tiny/etc")).unwrap();
     fs_err::write(env.path("tiny/etc/hello"), "hi\n").unwrap();
@@ -342,7 +337,10 @@ fn sign_and_verify_round_trip_and_each_bad_signature_is_refused_clearly() {
     );
 
     // Sign with the SEC1 key; twice adds nothing (ECDSA per RFC 6979).
-    let out = run_clean(&env, &["sign", &tiny, "--key", &b.key_str("w.pem")]);
+    let out = run_clean(
+        &env,
+        &["--debug", "sign", &tiny, "--key", &b.key_str("w.pem")],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tiny_digest);
     let again = run_clean(&env, &["sign", &tiny, "--key", &b.key_str("w.pem")]);
@@ -447,7 +445,7 @@ fn a_build_under_the_policy_runs_a_signed_from_and_refuses_others_before_any_ste
     if !testbed("FROM policy") {
         return;
     }
-    let b = ready();
+    let b = bed();
     let env = Env::new();
     let signed_bf = buildfile(&env, &b.signed);
     let unsigned_bf = buildfile(&env, &b.unsigned);
@@ -538,7 +536,7 @@ fn a_build_under_the_policy_runs_a_signed_from_and_refuses_others_before_any_ste
         &[
             &b.digest,
             "platform.pub",
-            "require_signed",
+            "in registries.toml",
             "there is no signature under",
         ],
     );
@@ -559,7 +557,7 @@ fn a_bundle_carries_the_signatures_and_an_offline_build_verifies_them() {
     if !testbed("bundle signatures") {
         return;
     }
-    let b = ready();
+    let b = bed();
     let env = Env::new();
     let bf = buildfile(&env, &b.signed);
     let k_pub = b.key_str("k.pub");

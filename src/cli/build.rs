@@ -48,7 +48,7 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
 
 async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
     let bf = std::mem::take(&mut a.path);
-    let signing = super::sign::load_signing_key(a.sign.as_deref())?;
+    let signing = super::sign::load_signing_key(a.sign.as_deref(), "--sign")?;
     let req = BuildRequest {
         buildfile: a.bf.with_path(bf)?.spec()?,
         options: BuildOptions {

@@ -62,9 +62,13 @@ pub(crate) fn failure(e: SignError, context: String) -> anyhow::Error {
     anyhow::Error::new(e).context(f)
 }
 
-/// `--sign KEY`, loaded before any work starts so a bad key fails first.
-pub(crate) fn load_signing_key(path: Option<&Path>) -> anyhow::Result<Option<PrivateKey>> {
-    path.map(|p| PrivateKey::load(p).map_err(|e| failure(e, format!("--sign {}", p.display()))))
+/// `--sign KEY` (or `sign --key`), loaded before any work starts so a bad
+/// key fails first.
+pub(crate) fn load_signing_key(
+    path: Option<&Path>,
+    flag: &str,
+) -> anyhow::Result<Option<PrivateKey>> {
+    path.map(|p| PrivateKey::load(p).map_err(|e| failure(e, format!("{flag} {}", p.display()))))
         .transpose()
 }
 
@@ -109,7 +113,7 @@ pub(crate) async fn sign_and_report(
 }
 
 pub async fn sign_cmd(ctx: &Context, a: SignArgs) -> anyhow::Result<()> {
-    let key = load_signing_key(Some(&a.key))?.expect("a key path was given");
+    let key = load_signing_key(Some(&a.key), "--key")?.expect("a key path was given");
     let r = registry_target(&parse_target(&a.reference)?, "sign")?;
     let client = ctx.client()?;
     let digest = match &r.digest {

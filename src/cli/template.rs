@@ -100,7 +100,7 @@ fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, Str
 
 async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     let target = parse_target(&a.reference)?;
-    let signing = super::sign::load_signing_key(a.sign.as_deref())?
+    let signing = super::sign::load_signing_key(a.sign.as_deref(), "--sign")?
         .map(|k| Ok::<_, anyhow::Error>((super::sign::registry_target(&target, "--sign")?, k)))
         .transpose()?;
     let opts = ImportOptions {

@@ -22,11 +22,9 @@ mod remote;
 use std::path::PathBuf;
 
 pub use keys::{PrivateKey, PublicKey};
-pub use payload::{
-    check_payload, signature_tag, simple_signing_payload, SIGNATURE_ANNOTATION, SIMPLESIGNING,
-};
-pub use policy::{check_from, Policy, Rule};
-pub use remote::{fetch, load, save, sign, SignatureSet, Signed, Verified};
+pub use payload::signature_tag;
+pub use policy::{check_from, Policy};
+pub use remote::{fetch, save, sign, SignatureSet, Signed, Verified};
 
 use crate::registry::RegistryError;
 use crate::store::StoreError;

@@ -45,7 +45,7 @@ impl Policy {
                     (
                         prefix.clone(),
                         Rule {
-                            scope: format!("require_signed \"{prefix}\" in the registry settings"),
+                            scope: format!("require_signed \"{prefix}\" in registries.toml"),
                             keys: keys.clone(),
                         },
                     )
@@ -170,6 +170,26 @@ pub async fn check_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_from_on_disk_is_refused_under_require_signed_and_free_otherwise() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let client = Client::new(RegistrySettings::default()).unwrap();
+        let target = Target::parse("oci:/srv/templates:base").unwrap();
+        let digest = Digest::of(b"x");
+        let free = Policy::new(&RegistrySettings::default(), &[]);
+        assert!(check_from(&store, &client, &free, &target, &digest, false)
+            .await
+            .unwrap()
+            .is_empty());
+        let strict = Policy::new(&RegistrySettings::default(), &[PathBuf::from("k.pub")]);
+        let e = check_from(&store, &client, &strict, &target, &digest, false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SignError::NotInRegistry { .. }), "{e}");
+        assert!(e.to_string().contains("oci:/srv/templates"), "{e}");
+    }
 
     #[test]
     fn prefixes_match_whole_components_and_the_longest_wins() {
