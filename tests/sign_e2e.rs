@@ -597,3 +597,85 @@ fn a_bundle_carries_the_signatures_and_an_offline_build_verifies_them() {
     assert!(text.contains("none made by this key"), "{text}");
     assert_eq!(step_events(&bad), 0, "{text}");
 }
+
+#[test]
+fn a_multi_platform_template_signed_as_its_index_passes_online_and_from_a_bundle() {
+    if !testbed("index signatures") {
+        return;
+    }
+    let b = bed();
+    let env = Env::new();
+    fs_err::create_dir_all(env.dir.path()).unwrap();
+    // An index over the (unsigned) template, as a multi-platform push makes.
+    let repo = repo_path(&b.unsigned);
+    let child = env.path("child.json");
+    registry_get(&format!("{repo}/manifests/{}", b.digest), &child);
+    let size = fs_err::metadata(&child).unwrap().len();
+    let index = env.path("index.json");
+    fs_err::write(
+        &index,
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": b.digest, "size": size,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    sh_ok(&format!(
+        "curl -sf -X PUT -H 'Content-Type: application/vnd.oci.image.index.v1+json' --data-binary @{} http://{REGISTRY}/v2/{repo}/manifests/multi",
+        index.display()
+    ));
+    let dir = env.path("bf-multi");
+    fs_err::create_dir_all(&dir).unwrap();
+    fs_err::write(
+        dir.join("Buildfile"),
+        format!("FROM {}:multi\nRUN echo multi > /etc/multi\n", b.unsigned),
+    )
+    .unwrap();
+    let bf = dir.join("Buildfile").display().to_string();
+    let k_pub = b.key_str("k.pub");
+    fails_with(
+        &env,
+        &["plan", "-f", &bf, "--require-signed", &k_pub],
+        &["there is no signature under"],
+    );
+    // `sign` signs what the tag names: the index, as cosign does.
+    let out = run_clean(
+        &env,
+        &[
+            "sign",
+            &format!("{}:multi", b.unsigned),
+            "--key",
+            &b.key_str("k.pem"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let index_digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(index_digest, b.digest);
+    env.ok(&["plan", "-f", &bf, "--require-signed", &k_pub]);
+
+    let bundle = env.path("bundle");
+    let out = run_clean(&env, &["bundle", "-f", &bf, bundle.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("(1 signature(s))"),
+        "{}",
+        stderr(&out)
+    );
+    let mut c = env.cmd();
+    c.env("TPLBUILD_HOME", &bundle).args([
+        "build",
+        "-f",
+        &bf,
+        "--offline",
+        "--require-signed",
+        &k_pub,
+    ]);
+    let out = c.output().unwrap();
+    assert_no_key_material(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

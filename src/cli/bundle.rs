@@ -115,14 +115,9 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
             &base.image.descriptor(),
         )?;
         // An offline build under a FROM policy verifies these.
-        let digest = base.image.digest();
-        if let Some(set) = crate::sign::fetch(&client, &r, &digest)
+        signatures = crate::sign::keep_for_offline(&out, &client, &r, &base.image.digest())
             .await
-            .context("reading the template's signatures")?
-        {
-            crate::sign::save(&out, &r, &digest, &set)?;
-            signatures = set.entries.len();
-        }
+            .context("reading the template's signatures")?;
     }
     let desc: Descriptor = base.image.descriptor();
     out.set_name("template", &desc)?;

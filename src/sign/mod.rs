@@ -23,8 +23,8 @@ use std::path::PathBuf;
 
 pub use keys::{PrivateKey, PublicKey};
 pub use payload::signature_tag;
-pub use policy::{check_from, Policy};
-pub use remote::{fetch, save, sign, SignatureSet, Signed, Verified};
+pub use policy::{check_from, keep_for_offline, Policy};
+pub use remote::{fetch, sign, SignatureSet, Signed, Verified};
 
 use crate::registry::RegistryError;
 use crate::store::StoreError;

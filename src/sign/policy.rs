@@ -5,7 +5,8 @@
 //! (repository prefix -> keys; the longest matching prefix applies) and
 //! `--require-signed KEY` on `plan`/`build`/`lock`/`fetch`/`bundle` (every
 //! FROM). Each requirement is met by a valid signature from any one of its
-//! keys (several keys allow a rotation). The check runs in planning, after
+//! keys (several keys allow a rotation); a signature may name the image
+//! manifest or the index it was picked from. The check runs in planning, after
 //! FROM is resolved to a digest and before anything runs; offline, it
 //! reads the signatures the store (or bundle) kept.
 
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use super::keys::PublicKey;
 use super::remote::{self, Verified};
 use super::{payload, SignError};
-use crate::oci::{Digest, Target};
+use crate::oci::{Descriptor, Digest, ManifestDoc, Reference, Target};
 use crate::registry::{Client, RegistrySettings};
 use crate::store::Store;
 
@@ -115,15 +116,20 @@ pub async fn check_from(
     if rules.is_empty() {
         return Ok(vec![]);
     }
-    let set = if offline {
-        remote::load(store, r, digest)?
-    } else {
-        let set = remote::fetch(client, r, digest).await?;
-        if let Some(s) = &set {
-            remote::save(store, r, digest, s)?;
-        }
-        set
-    };
+    let digests = signed_digests(store, client, r, digest, offline).await?;
+    let mut sets = vec![];
+    for d in &digests {
+        let set = if offline {
+            remote::load(store, r, d)?
+        } else {
+            let set = remote::fetch(client, r, d).await?;
+            if let Some(s) = &set {
+                remote::save(store, r, d, s)?;
+            }
+            set
+        };
+        sets.push((d, set));
+    }
     let mut met = vec![];
     for rule in rules {
         let keys = rule
@@ -131,22 +137,33 @@ pub async fn check_from(
             .iter()
             .map(|p| PublicKey::load(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let found = match &set {
-            None if offline => Err(format!(
-                "no signature of it was kept in this store or bundle (it would be under {}:{})",
-                r.repo_name(),
-                payload::signature_tag(digest)
-            )),
-            None => Err(format!(
-                "there is no signature under {}:{}",
-                r.repo_name(),
-                payload::signature_tag(digest)
-            )),
-            Some(s) => s.verify(digest, &keys),
-        };
-        match found {
-            Ok(v) => met.push(v),
-            Err(found) => {
+        let mut whys = vec![];
+        let mut verified = None;
+        for (d, set) in &sets {
+            let found = match set {
+                None if offline => Err(format!(
+                    "no signature of {d} was kept in this store or bundle (it would be under {}:{})",
+                    r.repo_name(),
+                    payload::signature_tag(d)
+                )),
+                None => Err(format!(
+                    "there is no signature under {}:{}",
+                    r.repo_name(),
+                    payload::signature_tag(d)
+                )),
+                Some(s) => s.verify(d, &keys),
+            };
+            match found {
+                Ok(v) => {
+                    verified = Some(v);
+                    break;
+                }
+                Err(why) => whys.push(why),
+            }
+        }
+        match verified {
+            Some(v) => met.push(v),
+            None => {
                 return Err(SignError::NotSigned {
                     image: r.to_string(),
                     digest: digest.to_string(),
@@ -159,12 +176,75 @@ pub async fn check_from(
                             .join(" or "),
                         rule.scope
                     ),
-                    found,
+                    found: whys.join("; "),
                 })
             }
         }
     }
     Ok(met)
+}
+
+/// The digests a signature of this FROM may name: the image manifest's,
+/// and, when the reference names an index the image was picked from, the
+/// index's (`cosign sign` signs what the tag names, so a multi-platform
+/// image is signed as its index). Online, the index is kept in `store`
+/// under `index-of:REPO@DIGEST` so that an offline check (or a bundle made
+/// with this store) knows it too.
+pub(super) async fn signed_digests(
+    store: &Store,
+    client: &Client,
+    r: &Reference,
+    digest: &Digest,
+    offline: bool,
+) -> Result<Vec<Digest>, SignError> {
+    let name = format!("index-of:{}@{digest}", r.repo_name());
+    let mut out = vec![digest.clone()];
+    if offline {
+        if let Some(d) = store.lookup_name(&name)? {
+            out.push(d.digest);
+        }
+        return Ok(out);
+    }
+    let top = client
+        .get_manifest(r)
+        .await
+        .map_err(|source| SignError::Registry {
+            context: format!("reading {r} to check its signatures"),
+            source: Box::new(source),
+        })?;
+    if top.digest == *digest {
+        return Ok(out);
+    }
+    let lists_it = matches!(
+        ManifestDoc::parse(&top.bytes, Some(&top.media_type)),
+        Ok(ManifestDoc::Index(i)) if i.manifests.iter().any(|m| m.digest == *digest)
+    );
+    if lists_it {
+        let d = store.put_bytes(&top.bytes)?;
+        let desc = Descriptor::new(top.media_type.clone(), d, top.bytes.len() as u64);
+        store.set_name(&name, &desc)?;
+        out.push(top.digest);
+    }
+    Ok(out)
+}
+
+/// Copy the signatures of `r`'s image `digest` (and of the index it was
+/// picked from) from the registry into `out`, for offline checks. Returns
+/// how many signatures were copied.
+pub async fn keep_for_offline(
+    out: &Store,
+    client: &Client,
+    r: &Reference,
+    digest: &Digest,
+) -> Result<usize, SignError> {
+    let mut n = 0;
+    for d in signed_digests(out, client, r, digest, false).await? {
+        if let Some(set) = remote::fetch(client, r, &d).await? {
+            remote::save(out, r, &d, &set)?;
+            n += set.entries.len();
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
