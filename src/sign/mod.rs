@@ -72,7 +72,7 @@ impl SignError {
             ),
             SignError::NotSigned { .. } => Some(
                 "the publisher signs it with `tplbuild sign REF --key KEY.pem` (or cosign); \
-                 check that the key the policy names is the publisher's public key"
+                 check that the public key given is the publisher's"
                     .into(),
             ),
             SignError::NotInRegistry { .. } => {
