@@ -26,6 +26,33 @@ fn step_events(out: &Output) -> usize {
         .count()
 }
 
+/// Bundle `bf` (its template carries one signature) and return a build
+/// from that bundle, `--offline`, under `--require-signed KEY`.
+fn bundled<'a>(env: &'a Env, bf: &'a str) -> impl Fn(&str) -> Output + 'a {
+    let bundle = env.path("bundle");
+    let out = run_clean(env, &["bundle", "-f", bf, bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("(1 signature(s))"), "{said}");
+    // On the "air-gapped" side: the bundle as home, no registry asked.
+    move |key: &str| {
+        let mut c = env.cmd();
+        c.env("TPLBUILD_HOME", &bundle).args([
+            "build",
+            "-f",
+            bf,
+            "--offline",
+            "--require-signed",
+            key,
+            "--progress",
+            "json",
+        ]);
+        let out = c.output().unwrap();
+        assert_no_key_material(&out);
+        out
+    }
+}
+
 #[test]
 fn a_build_under_the_policy_runs_a_signed_from_and_refuses_others_before_any_step() {
     if !testbed("FROM policy") {
@@ -148,32 +175,7 @@ fn a_bundle_carries_the_signatures_and_an_offline_build_verifies_them() {
     let bf = buildfile(&env, &b.signed);
     let k_pub = b.key_str("k.pub");
     env.ok(&["build", "-f", &bf, "--require-signed", &k_pub]);
-    let bundle = env.path("bundle");
-    let out = run_clean(&env, &["bundle", "-f", &bf, bundle.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("(1 signature(s))"),
-        "{}",
-        stderr(&out)
-    );
-
-    // On the "air-gapped" side: the bundle as home, no registry asked.
-    let offline = |key: &str| {
-        let mut c = env.cmd();
-        c.env("TPLBUILD_HOME", &bundle).args([
-            "build",
-            "-f",
-            &bf,
-            "--offline",
-            "--require-signed",
-            key,
-            "--progress",
-            "json",
-        ]);
-        let out = c.output().unwrap();
-        assert_no_key_material(&out);
-        out
-    };
+    let offline = bundled(&env, &bf);
     let good = offline(&k_pub);
     assert!(good.status.success(), "{}", stderr(&good));
     let bad = offline(&b.key_str("w.pub"));
@@ -245,23 +247,6 @@ fn a_multi_platform_template_signed_as_its_index_passes_online_and_from_a_bundle
     assert_ne!(index_digest, b.digest);
     env.ok(&["plan", "-f", &bf, "--require-signed", &k_pub]);
 
-    let bundle = env.path("bundle");
-    let out = run_clean(&env, &["bundle", "-f", &bf, bundle.to_str().unwrap()]);
-    assert!(
-        stderr(&out).contains("(1 signature(s))"),
-        "{}",
-        stderr(&out)
-    );
-    let mut c = env.cmd();
-    c.env("TPLBUILD_HOME", &bundle).args([
-        "build",
-        "-f",
-        &bf,
-        "--offline",
-        "--require-signed",
-        &k_pub,
-    ]);
-    let out = c.output().unwrap();
-    assert_no_key_material(&out);
+    let out = bundled(&env, &bf)(&k_pub);
     assert!(out.status.success(), "{}", stderr(&out));
 }
