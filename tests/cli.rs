@@ -9,7 +9,9 @@ use common::Env;
 fn help_lists_every_command_with_examples() {
     let env = Env::new();
     let out = env.ok(&["--help"]);
-    for cmd in ["template", "pull", "copy", "plan", "build", "export"] {
+    for cmd in [
+        "template", "pull", "copy", "plan", "build", "export", "sign", "verify",
+    ] {
         assert!(out.contains(cmd), "--help does not mention {cmd}:\n{out}");
     }
     assert!(out.contains("A first build"), "{out}");
@@ -22,6 +24,8 @@ fn help_lists_every_command_with_examples() {
         "--engine",
         "--output",
         "--tag",
+        "--sign",
+        "--require-signed",
     ] {
         assert!(build.contains(flag), "build --help lacks {flag}");
     }
@@ -416,4 +420,77 @@ fn a_registry_that_does_not_answer_still_ends_the_json_stream_with_one_result() 
     assert_eq!(events.last(), Some(results[0]));
     let message = results[0]["error"].to_string();
     assert!(message.contains("127.0.0.1:1"), "{message}");
+}
+
+/// A throwaway P-256 key, for flag checks that never reach a registry.
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgrYSwW0odAkOQwCAD
+2FVTHUNgFvURfMQflN9e4AI2ucmhRANCAASR2NqMVwEwRIhZeZuo7yM7jNZGQzRx
+L5UgylPot+56NOLYBR9kiqlC2zZL0Tt9THI43CUDudSkC2C5Tqw1UckR
+-----END PRIVATE KEY-----
+";
+
+#[test]
+fn signing_flags_refuse_what_cannot_be_signed_before_doing_anything() {
+    let env = Env::new();
+    fs_err::create_dir_all(env.dir.path()).unwrap();
+    let key = env.path("k.pem");
+    fs_err::write(&key, TEST_KEY).unwrap();
+    let key = key.to_str().unwrap();
+    let dir = typo_dir(&env);
+    let bf = dir.join("Buildfile");
+    let expect_2 = |args: &[&str], wants: &[&str]| {
+        let out = env.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        for w in wants {
+            assert!(err.contains(w), "wanted {w:?}: {err}");
+        }
+        assert!(!err.contains("MIGHAgEAMBMG"), "key material: {err}");
+    };
+    // --sign without a registry --tag: refused before the Buildfile is read.
+    expect_2(
+        &["build", "-f", bf.to_str().unwrap(), "--sign", key],
+        &["--sign", "no --tag"],
+    );
+    expect_2(
+        &[
+            "template",
+            "import",
+            dir.to_str().unwrap(),
+            "oci:/tmp/x:t",
+            "--sign",
+            key,
+        ],
+        &["OCI layout", "registry"],
+    );
+    expect_2(
+        &[
+            "sign",
+            "127.0.0.1:5000/x:1",
+            "--key",
+            env.path("absent.pem").to_str().unwrap(),
+        ],
+        &["absent.pem"],
+    );
+    let enc = env.path("cosign.key");
+    fs_err::write(
+        &enc,
+        "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nZm9v\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    expect_2(
+        &["sign", "127.0.0.1:5000/x:1", "--key", enc.to_str().unwrap()],
+        &["cosign.key", "PKCS#8", "hint:"],
+    );
+    // A file that holds no key at all.
+    expect_2(
+        &[
+            "verify",
+            "127.0.0.1:5000/x:1",
+            "--key",
+            bf.to_str().unwrap(),
+        ],
+        &["Buildfile", "no PEM block"],
+    );
 }

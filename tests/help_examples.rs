@@ -18,6 +18,8 @@ const ORDER: &[&[&str]] = &[
     &[],
     &["template", "import"],
     &["template", "inspect"],
+    &["sign"],
+    &["verify"],
     &["pull"],
     &["copy"],
     &["plan"],
@@ -53,7 +55,7 @@ fn examples(help: &str) -> Vec<String> {
     while let Some(l) = lines.next() {
         let t = l.trim_start();
         let is_example = l.starts_with("  ")
-            && ["tplbuild ", "source <(tplbuild ", "mmdebstrap "]
+            && ["tplbuild ", "source <(tplbuild ", "mmdebstrap ", "openssl "]
                 .iter()
                 .any(|p| t.starts_with(p));
         if !is_example {

@@ -14,6 +14,7 @@ use crate::lock::Lockfile;
 use crate::oci::{Platform, Target};
 use crate::plan::{self, apt, Plan};
 use crate::registry::Client;
+use crate::sign;
 use crate::store::Store;
 use crate::transfer;
 
@@ -23,6 +24,9 @@ pub struct BuildfileSpec {
     pub file: PathBuf,
     pub args: BTreeMap<String, String>,
     pub platform: Platform,
+    /// `--require-signed`: keys one of which must have signed the FROM
+    /// image (on top of the registry settings' `require_signed`).
+    pub require_signed: Vec<PathBuf>,
 }
 
 /// The plan `build`, `plan` and `bundle` use: with `FILE.lock` next to the
@@ -135,6 +139,22 @@ async fn make(
             .map_err(anyhow::Error::new)
     };
     let base = resolved.map_err(|e| e.context(Failure::failed(from())))?;
+    // The policy is checked on the digest the tag resolved to, before any
+    // key is made or anything runs.
+    let policy = sign::Policy::new(client.settings(), &spec.require_signed);
+    let verified = sign::check_from(store, client, &policy, &target, &base.digest(), offline)
+        .await
+        .map_err(|e| {
+            let hint = e.hint();
+            let mut f = Failure::failed(format!("{}: refused by the signature policy", from()));
+            if let Some(h) = hint {
+                f = f.with_hint(h);
+            }
+            anyhow::Error::new(e).context(f)
+        })?;
+    for v in verified {
+        tracing::info!(key = %v.key.display(), identity = %v.identity, "FROM {} is signed", base.digest());
+    }
     let needs_apt = bf.instructions.iter().any(|i| {
         matches!(
             i.kind,

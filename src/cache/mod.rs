@@ -122,12 +122,6 @@ pub enum CacheError {
         source: StoreError,
     },
     #[error("{context}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{context}")]
     Transfer {
         context: String,
         #[source]

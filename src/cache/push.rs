@@ -3,7 +3,6 @@
 //! in the module docs of `cache`).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -76,8 +75,8 @@ pub async fn push_from(
         .collect();
     let mut report = PushReport::default();
     upload_layers(client, store, &reference, &ours, mount_from, &mut report).await?;
-    push_small_blob(client, store, &reference, &empty_descriptor(), EMPTY_JSON).await?;
-    merge_into_tag(client, store, &reference, &ours, report).await
+    push_small_blob(client, &reference, &empty_descriptor(), EMPTY_JSON).await?;
+    merge_into_tag(client, &reference, &ours, report).await
 }
 
 /// Each distinct layer once, a few at a time.
@@ -170,27 +169,15 @@ async fn upload_layer(
 /// Push bytes held in memory as a blob (the index, the empty config).
 async fn push_small_blob(
     client: &Client,
-    store: &Store,
     reference: &Reference,
     desc: &Descriptor,
     bytes: &[u8],
 ) -> Result<(), CacheError> {
-    let context = || format!("pushing the cache index blob to {reference}");
-    let io_err = |source| CacheError::Io {
-        context: context(),
-        source,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix("cache-")
-        .tempfile_in(store.tmp_dir())
-        .map_err(io_err)?;
-    tmp.write_all(bytes).map_err(io_err)?;
-    tmp.flush().map_err(io_err)?;
     client
-        .push_blob_file(reference, desc, tmp.path(), None)
+        .push_blob_bytes(reference, desc, bytes)
         .await
         .map_err(|source| CacheError::Registry {
-            context: context(),
+            context: format!("pushing the cache index blob to {reference}"),
             source,
         })?;
     Ok(())
@@ -199,7 +186,6 @@ async fn push_small_blob(
 /// The read-modify-write loop.
 async fn merge_into_tag(
     client: &Client,
-    store: &Store,
     reference: &Reference,
     ours: &CacheIndex,
     mut report: PushReport,
@@ -240,7 +226,7 @@ async fn merge_into_tag(
         }
         let bytes = merged.to_json();
         let blob = Descriptor::new(INDEX_MEDIA_TYPE, Digest::of(&bytes), bytes.len() as u64);
-        push_small_blob(client, store, reference, &blob, &bytes).await?;
+        push_small_blob(client, reference, &blob, &bytes).await?;
         let manifest = merged.manifest_bytes(&blob);
 
         // The closest a registry comes to compare-and-swap: if the tag moved

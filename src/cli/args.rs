@@ -88,6 +88,11 @@ pub struct BuildfileArgs {
     /// Platform of the template to use (default: the host's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
+    /// Refuse a FROM image that this public key (PEM) has not signed
+    /// (repeatable: any one of the keys will do). `require_signed` in the
+    /// registry settings names keys per repository prefix.
+    #[arg(long = "require-signed", value_name = "PUB.pem")]
+    pub require_signed: Vec<PathBuf>,
 }
 
 impl BuildfileArgs {
@@ -125,6 +130,7 @@ impl BuildfileArgs {
             file: self.buildfile(),
             args: parse_build_args(&self.build_args)?,
             platform: parse_platform(self.platform.as_deref())?,
+            require_signed: self.require_signed.clone(),
         })
     }
 }
@@ -190,6 +196,10 @@ pub struct BuildArgs {
     /// Also push or write the result here (repeatable): HOST/REPO:TAG or oci:DIR[:TAG].
     #[arg(long = "tag", short = 't', value_name = "REF")]
     pub tags: Vec<String>,
+    /// Sign what --tag pushes to a registry with this private key (PEM,
+    /// P-256), in cosign's format.
+    #[arg(long, value_name = "KEY.pem")]
+    pub sign: Option<PathBuf>,
     /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs,dest=PATH[,opt=value] (repeatable).
     #[arg(long = "output", short = 'o', value_name = "type=T,dest=D")]
     pub outputs: Vec<String>,

@@ -6,6 +6,7 @@ use super::template::parse_target;
 use super::{Context, Failure};
 use crate::build::job::{self, BuildRequest};
 use crate::build::{self, BuildError, BuildOptions};
+use crate::oci::Target;
 use crate::progress::Progress;
 
 /// `tplbuild build`. Under `--progress json` every run ends with one
@@ -57,6 +58,7 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
 async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyhow::Result<String> {
     let started = std::time::Instant::now();
     let bf = std::mem::take(&mut a.path);
+    let signing = super::sign::load_signing_key(a.sign.as_deref(), "--sign")?;
     let req = BuildRequest {
         buildfile: a.bf.with_path(bf)?.spec()?,
         options: BuildOptions {
@@ -85,11 +87,26 @@ async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyh
             .transpose()?,
         cache_mode: a.cache_mode,
     };
+    if signing.is_some() && !req.tags.iter().any(|t| matches!(t, Target::Registry(_))) {
+        return Err(Failure::bad_input(
+            "--sign signs what --tag pushes to a registry, and no --tag names one",
+        )
+        .with_hint("add --tag HOST/REPO:TAG")
+        .into());
+    }
     let client = ctx.client()?;
     let report = match job::run(&ctx.store, &client, req, progress).await {
         Ok(r) => r,
         Err(e) => return Err(explain_failure(e, progress)),
     };
+    if let Some(key) = &signing {
+        for (t, d) in &report.published {
+            if let Target::Registry(r) = t {
+                let line = super::sign::sign_and_report(&client, r, d, key).await?;
+                progress.note("sign", &line);
+            }
+        }
+    }
     let tags: Vec<String> = report
         .published
         .iter()

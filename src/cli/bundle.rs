@@ -3,8 +3,9 @@
 //!
 //! The bundle is a tplbuild home: `OUT/store-v1` is an OCI image layout
 //! holding the template (and the name its FROM resolved to), the layers and
-//! records of every step already built, and the locked .debs. On the other
-//! machine: `tplbuild --home OUT build -f FILE --offline`.
+//! records of every step already built, the locked .debs, and the
+//! template's signatures (so that a FROM policy is checked offline too).
+//! On the other machine: `tplbuild --home OUT build -f FILE --offline`.
 
 use std::path::PathBuf;
 
@@ -107,6 +108,7 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
         crate::stage::remember_uncompressed_size(&out, &rec.diff_id, rec.uncompressed_size);
     }
     // FROM resolves offline by this name; the layout shows the template too.
+    let mut signatures = 0;
     if let crate::oci::Target::Registry(r) =
         crate::oci::Target::parse(&plan.buildfile.from.reference)?
     {
@@ -114,12 +116,17 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
             &transfer::resolved_name(&r, &plan.platform),
             &base.image.descriptor(),
         )?;
+        // An offline build under a FROM policy verifies these.
+        signatures = crate::sign::keep_for_offline(&out, &client, &r, &base.image.digest())
+            .await
+            .context("reading the template's signatures")?;
     }
     let desc: Descriptor = base.image.descriptor();
     out.set_name("template", &desc)?;
     eprintln!(
-        "bundle {}: the template, {} step layer(s), {} .deb(s), {}",
+        "bundle {}: the template ({} signature(s)), {} step layer(s), {} .deb(s), {}",
         a.out.display(),
+        signatures,
         records.len(),
         debs.len(),
         human_size(bytes)

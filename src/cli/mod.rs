@@ -11,6 +11,7 @@ mod images;
 mod lock;
 mod plan;
 mod prune;
+mod sign;
 mod template;
 
 pub use crate::failure::{exit, Failure};
@@ -103,6 +104,10 @@ pub enum Command {
     Completion(docs::CompletionArgs),
     /// Print the man page (roff), generated from these flags.
     Man(docs::ManArgs),
+    /// Sign an image in a registry with a private key (cosign's format).
+    Sign(sign::SignArgs),
+    /// Check an image's signatures against public keys (cosign's format).
+    Verify(sign::VerifyArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -181,6 +186,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
         Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
         Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
+        Command::Sign(a) => sign::sign_cmd(&ctx, a).await,
+        Command::Verify(a) => sign::verify_cmd(&ctx, a).await,
         Command::Prune(_) | Command::Docs(_) | Command::Completion(_) | Command::Man(_) => {
             unreachable!("handled above")
         }

@@ -52,6 +52,10 @@ pub struct ImportArgs {
     /// Layer compression.
     #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
     pub compression: String,
+    /// Sign the pushed template with this private key (PEM, P-256), in
+    /// cosign's format; REF must be a registry reference.
+    #[arg(long, value_name = "KEY.pem")]
+    pub sign: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +103,9 @@ fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, Str
 
 async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     let target = parse_target(&a.reference)?;
+    let signing = super::sign::load_signing_key(a.sign.as_deref(), "--sign")?
+        .map(|k| Ok::<_, anyhow::Error>((super::sign::registry_target(&target, "--sign")?, k)))
+        .transpose()?;
     let opts = ImportOptions {
         annotations: parse_kv(&a.annotations, "annotation")?,
         platform: a
@@ -150,6 +157,12 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
         human_size(imported.image.layers_size()),
         started.elapsed().as_secs_f64()
     );
+    if let Some((repo, key)) = &signing {
+        eprintln!(
+            "{}",
+            super::sign::sign_and_report(&client, repo, &digest, key).await?
+        );
+    }
     println!("{digest}");
     Ok(())
 }

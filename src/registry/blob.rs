@@ -312,6 +312,29 @@ impl Client {
         }
     }
 
+    /// Push a small blob held in memory (a config, an index, a signature
+    /// payload): written to a temp file, then pushed like any other.
+    pub async fn push_blob_bytes(
+        &self,
+        repo: &Reference,
+        desc: &Descriptor,
+        bytes: &[u8],
+    ) -> Result<PushOutcome, RegistryError> {
+        let tmp = tempfile::Builder::new()
+            .prefix("tplbuild-blob-")
+            .tempfile()
+            .and_then(|mut f| {
+                io::Write::write_all(&mut f, bytes)?;
+                Ok(f)
+            })
+            .map_err(|source| RegistryError::ReadFile {
+                context: format!("staging blob {} for {}", desc.digest, repo.repo_name()),
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        self.push_blob_file(repo, desc, tmp.path(), None).await
+    }
+
     /// Ask for a cross-repository mount only; `false` if it was refused.
     async fn mount_only(
         &self,

@@ -1,6 +1,8 @@
 //! tplbuild's own registry settings: which registries may be reached over
 //! plain HTTP, which mirrors to try first when pulling, extra CA files and
-//! how often to retry.
+//! how often to retry, and which keys must have signed the templates a
+//! Buildfile may start from (`require_signed`, checked by
+//! [`crate::sign::check_from`]).
 //!
 //! They come from `registries.toml` (see `registry-config/registries.toml`
 //! for an example); the CLI adds `--insecure-registry` on top. The
@@ -27,6 +29,10 @@ pub struct RegistrySettings {
     /// PEM files with extra CA certificates, on top of the system store
     /// (and of `$TPLBUILD_CA_FILE`).
     pub ca_files: Vec<PathBuf>,
+    /// Repository prefix (`HOST`, `HOST/PATH`, `HOST/PATH/*`) -> public
+    /// keys (PEM), any one of which must have signed a FROM image there.
+    /// Relative paths are relative to the settings file.
+    pub require_signed: BTreeMap<String, Vec<PathBuf>>,
 }
 
 impl Default for RegistrySettings {
@@ -36,6 +42,7 @@ impl Default for RegistrySettings {
             mirrors: BTreeMap::new(),
             max_retries: 4,
             ca_files: Vec::new(),
+            require_signed: BTreeMap::new(),
         }
     }
 }
@@ -61,10 +68,17 @@ impl RegistrySettings {
 
     pub fn load_from(path: &Path) -> Result<Self, RegistryError> {
         let text = fs_err::read_to_string(path).map_err(RegistryError::Io)?;
-        Self::parse(&text).map_err(|source| RegistryError::Settings {
+        let mut settings = Self::parse(&text).map_err(|source| RegistryError::Settings {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for keys in settings.require_signed.values_mut() {
+            for k in keys.iter_mut() {
+                *k = dir.join(&*k);
+            }
+        }
+        Ok(settings)
     }
 
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
@@ -96,6 +110,22 @@ mod tests {
         assert!(s.is_insecure("127.0.0.1:5000"));
         assert_eq!(s.mirrors["docker.io"], vec!["127.0.0.1:5000".to_string()]);
         assert_eq!(s.max_retries, 4);
+    }
+
+    #[test]
+    fn signing_keys_are_found_beside_the_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registries.toml");
+        fs_err::write(
+            &path,
+            "[require_signed]\n\"127.0.0.1:5000/platform/*\" = [\"platform.pub\", \"/etc/k.pub\"]\n",
+        )
+        .unwrap();
+        let s = RegistrySettings::load_from(&path).unwrap();
+        assert_eq!(
+            s.require_signed["127.0.0.1:5000/platform/*"],
+            vec![dir.path().join("platform.pub"), PathBuf::from("/etc/k.pub")]
+        );
     }
 
     #[test]
