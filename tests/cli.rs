@@ -494,3 +494,27 @@ fn signing_flags_refuse_what_cannot_be_signed_before_doing_anything() {
         &["Buildfile", "no PEM block"],
     );
 }
+
+#[test]
+fn a_missing_tag_or_buildfile_gets_a_hint_that_fits_what_was_typed() {
+    let env = Env::new();
+    let f = stepless(&env);
+    let layout = std::path::Path::new(&f)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("layout");
+    let out = env.run(&["pull", &format!("oci:{}:nosuch", layout.display())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"nosuch\"") && err.contains("it has: base"),
+        "{err}"
+    );
+    // -f was given: the hint is about the path, not about -f.
+    let out = env.run(&["plan", "-f", "nope/Buildfile"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("check the path"), "{err}");
+}

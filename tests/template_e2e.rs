@@ -193,3 +193,19 @@ fn an_http_registry_not_named_insecure_is_refused_with_a_hint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--insecure-registry"), "{err}");
 }
+
+#[test]
+fn a_tag_the_registry_lacks_is_named_with_the_tags_it_has() {
+    if !testbed("missing tag") {
+        return;
+    }
+    template();
+    let env = Env::new();
+    let out = env.run(&["pull", &format!("{REGISTRY}/platform/base:nosuch")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such tag; it has: "), "{err}");
+    let has = err.split("it has: ").nth(1).unwrap_or_default();
+    assert!(has.split([',', ' ', '\n']).any(|t| t == "1"), "{err}");
+    assert!(!has.contains("sha256-"), "signature tags are left out: {err}");
+}

@@ -59,7 +59,9 @@ pub fn parse_file(
                 path,
                 format!("Buildfile `{}` does not exist", path.display()),
             )
-            .with_hint("name the Buildfile with `-f FILE`")]));
+            .with_hint(
+                "check the path; `-f FILE` names a Buildfile and `tplbuild build DIR` takes DIR/Buildfile",
+            )]));
         }
         Err(e) => {
             return Err(Diagnostics(vec![Diagnostic::file(

@@ -69,6 +69,11 @@ pub fn read_layout_image(
             tag: digest
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| tag.to_string()),
+            available: index
+                .manifests
+                .iter()
+                .filter_map(|d| d.annotations.get(REF_NAME).cloned())
+                .collect(),
         })?
         .clone();
     let what = format!("oci:{}:{tag}", dir.display());

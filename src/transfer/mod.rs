@@ -24,8 +24,17 @@ pub enum TransferError {
     Image(#[from] crate::image::ImageError),
     #[error("{0}")]
     Manifest(#[from] ManifestError),
-    #[error("no image tagged {tag:?} in the OCI layout {dir}")]
-    LayoutTagMissing { dir: String, tag: String },
+    #[error("no image tagged {tag:?} in the OCI layout {dir}; {}", has_tags(.available))]
+    LayoutTagMissing {
+        dir: String,
+        tag: String,
+        available: Vec<String>,
+    },
+    #[error("{reference}: no such tag; {}", has_tags(.available))]
+    NoSuchTag {
+        reference: String,
+        available: Vec<String>,
+    },
     #[error("{dir} is not an OCI image layout (no index.json)")]
     NotALayout { dir: String },
     #[error("no manifest for platform {wanted} in {what}; it has: {available}")]
@@ -36,6 +45,20 @@ pub enum TransferError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// "it has: 1, 2024.06" — the tags a user may have meant, at most 20.
+fn has_tags(tags: &[String]) -> String {
+    const SHOWN: usize = 20;
+    match tags.len() {
+        0 => "it has no tags".to_string(),
+        n if n <= SHOWN => format!("it has: {}", tags.join(", ")),
+        n => format!(
+            "it has: {}, … ({} more)",
+            tags[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    }
 }
 
 /// Where an image's blobs can be fetched from.

@@ -4,7 +4,7 @@
 use super::{BlobSource, Resolved, TransferError};
 use crate::image::Image;
 use crate::oci::{Descriptor, Digest, Platform, Reference};
-use crate::registry::Client;
+use crate::registry::{Client, RegistryError};
 use crate::store::Store;
 
 pub(super) async fn resolve(
@@ -13,7 +13,23 @@ pub(super) async fn resolve(
     r: &Reference,
     platform: &Platform,
 ) -> Result<Resolved, TransferError> {
-    let resolved = client.resolve_image(r, platform).await?;
+    let resolved = match client.resolve_image(r, platform).await {
+        Ok(x) => x,
+        // A tag the repository lacks: say which it has (a typo, a version
+        // not published yet). A repository that does not exist has none.
+        Err(RegistryError::NotFound { .. }) if r.digest.is_none() && r.tag.is_some() => {
+            return Err(TransferError::NoSuchTag {
+                reference: r.to_string(),
+                // Signatures and referrers (`sha256-<hex>[.sig]`) are
+                // not images anyone means.
+                available: (client.list_tags(r).await.unwrap_or_default())
+                    .into_iter()
+                    .filter(|t| !t.starts_with("sha256-"))
+                    .collect(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     store.put_bytes(&resolved.manifest.bytes)?;
     store.put_bytes(&resolved.config_bytes)?;
     let image = Image::from_parts(
