@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use super::prepare::{self, BuildfileSpec};
 use super::{BuildOptions, Built, StepCache};
 use crate::cache::{CacheMode, PushReport, RemoteCache};
-use crate::export::OutputSpec;
+use crate::export::{OutputKind, OutputSpec};
 use crate::failure::Failure;
 use crate::human::human_size;
 use crate::oci::{Digest, Reference, Target};
@@ -32,6 +32,9 @@ pub struct BuildRequest {
     pub cache_from: Vec<Reference>,
     pub cache_to: Option<Reference>,
     pub cache_mode: CacheMode,
+    /// The SBOM formats attached to what `--tag` publishes and to `-o
+    /// type=oci` (the provenance always goes with them).
+    pub sbom_formats: Vec<crate::sbom::Format>,
 }
 
 /// What the job did.
@@ -43,6 +46,8 @@ pub struct BuildReport {
     pub published: Vec<(Target, Digest)>,
     pub cache_push: Option<(Reference, PushReport)>,
     pub exports: Vec<crate::export::ExportReport>,
+    /// Where the SBOM and provenance were attached or written.
+    pub attached: Vec<String>,
     /// Everything the user was warned about, in order.
     pub warnings: Vec<String>,
 }
@@ -72,6 +77,8 @@ pub async fn run(
     let name = format!("build:{}", buildfile_name(&plan.buildfile.path));
     store.set_name(&name, &built.image.descriptor())?;
     let sources = &built.sources;
+    let supply = supply_chain(store, client, &req, &plan, &built, &name).await?;
+    let mut attached = vec![];
     let mut published = vec![];
     for t in &req.tags {
         // Layers the registry holds already (template, cache) are mounted,
@@ -83,6 +90,17 @@ pub async fn run(
             .await
             .with_context(|| format!("publishing to {t}"))?;
         progress.note("tag", &format!("published {t}@{d}"));
+        if let Some((_, artifacts)) = &supply {
+            let tag = super::supply::attach_to(store, client, t, &d, artifacts)
+                .await
+                .with_context(|| format!("attaching the SBOM and provenance to {t}"))?;
+            let how = tag.map_or(String::new(), |tag| format!(" (referrers tag {tag})"));
+            progress.note(
+                "sbom",
+                &format!("attached the SBOM and provenance to {t}{how}"),
+            );
+            attached.push(t.to_string());
+        }
         published.push((t.clone(), d));
     }
     let cache_push = match &req.cache_to {
@@ -106,14 +124,87 @@ pub async fn run(
         None => None,
     };
     let exports = export(store, client, &built, &req.outputs, plan.epoch, progress).await?;
+    if let Some((sbom, artifacts)) = &supply {
+        for o in &req.outputs {
+            match o.kind {
+                OutputKind::Oci => super::supply::attach_to(
+                    store,
+                    client,
+                    &Target::Layout {
+                        dir: o.dest.clone(),
+                        tag: o.tag().to_string(),
+                        digest: None,
+                    },
+                    &built.image.digest(),
+                    artifacts,
+                )
+                .await
+                .map(|_| ())?,
+                OutputKind::Sbom => {
+                    crate::sbom::write_file(&sbom.render(o.sbom_format()), &o.dest)?
+                }
+                _ => continue,
+            }
+            progress.note(
+                "sbom",
+                &format!(
+                    "wrote the {} of the image to {}",
+                    if o.kind == OutputKind::Sbom {
+                        "SBOM"
+                    } else {
+                        "SBOM and provenance"
+                    },
+                    o.dest.display()
+                ),
+            );
+            attached.push(o.dest.display().to_string());
+        }
+    }
     Ok(BuildReport {
         plan,
         built,
         published,
         cache_push,
         exports,
+        attached,
         warnings: warnings.0,
     })
+}
+
+/// The SBOM and the artifacts to attach, when anything will carry them:
+/// a `--tag`, an `oci` or an `sbom` output.
+async fn supply_chain(
+    store: &Store,
+    client: &Client,
+    req: &BuildRequest,
+    plan: &Plan,
+    built: &Built,
+    name: &str,
+) -> anyhow::Result<Option<(crate::sbom::Sbom, Vec<crate::sbom::attach::Artifact>)>> {
+    let wanted = !req.tags.is_empty()
+        || req
+            .outputs
+            .iter()
+            .any(|o| matches!(o.kind, OutputKind::Oci | OutputKind::Sbom));
+    if !wanted {
+        return Ok(None);
+    }
+    transfer::ensure_from(store, client, &built.sources, built.image.layers()).await?;
+    // The SBOM names the image the way the user does: the first tag, else
+    // the Buildfile's folder.
+    let name = req
+        .tags
+        .first()
+        .map_or_else(|| name.to_string(), |t| t.to_string());
+    let formats = if req.sbom_formats.is_empty() {
+        vec![crate::sbom::Format::Spdx]
+    } else {
+        req.sbom_formats.clone()
+    };
+    let made = tokio::task::block_in_place(|| {
+        super::supply::artifacts(store, plan, built, &name, &formats)
+    })?;
+    Ok(Some(made))
 }
 
 #[derive(Default)]
@@ -258,10 +349,17 @@ async fn export(
     if outputs.is_empty() {
         return Ok(vec![]);
     }
+    let outputs: Vec<OutputSpec> = outputs
+        .iter()
+        .filter(|o| o.kind != OutputKind::Sbom)
+        .cloned()
+        .collect();
+    if outputs.is_empty() {
+        return Ok(vec![]);
+    }
     transfer::ensure_from(store, client, &built.sources, built.image.layers()).await?;
     let store2 = store.clone();
     let image = built.image.clone();
-    let outputs = outputs.to_vec();
     let reports = tokio::task::spawn_blocking(move || {
         crate::export::export_all(&store2, &image, &outputs, epoch)
     })

@@ -74,6 +74,7 @@ async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
             .map(|s| parse_registry_ref(s, "--cache-to"))
             .transpose()?,
         cache_mode: a.cache_mode,
+        sbom_formats: a.sbom_formats.clone(),
     };
     let mut progress = Progress::new(if a.quiet {
         crate::progress::ProgressMode::Quiet

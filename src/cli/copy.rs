@@ -135,7 +135,7 @@ pub struct ExportArgs {
     /// Any image: a template, a built product, a Docker-built image.
     #[arg(value_name = "REF")]
     pub reference: String,
-    /// type=tar|dir|ext4|erofs|squashfs|oci,dest=PATH[,opt=value] (repeatable).
+    /// type=tar|dir|ext4|erofs|squashfs|oci|sbom,dest=PATH[,opt=value] (repeatable).
     #[arg(
         long = "output",
         short = 'o',
@@ -149,9 +149,18 @@ pub struct ExportArgs {
 
 /// Flatten any image to rootfs outputs.
 pub async fn export(ctx: &Context, a: ExportArgs) -> anyhow::Result<()> {
-    let outputs = super::args::parse_outputs(&a.outputs)?;
+    let (sboms, outputs): (Vec<_>, Vec<_>) = super::args::parse_outputs(&a.outputs)?
+        .into_iter()
+        .partition(|o| o.kind == crate::export::OutputKind::Sbom);
     let resolved = fetch_whole(ctx, &a.reference, a.platform.as_deref()).await?;
     let target = &resolved.pinned;
+    if !sboms.is_empty() {
+        let sbom = super::sbom::of_layers(&ctx.store, &resolved.image, a.reference.clone())?;
+        for o in &sboms {
+            crate::sbom::write_file(&sbom.render(o.sbom_format()), &o.dest)?;
+            eprintln!("wrote {} ({} SBOM)", o.dest.display(), o.sbom_format());
+        }
+    }
     let epoch = crate::plan::epoch_for(&resolved);
     let store = ctx.store.clone();
     let image = resolved.image.clone();

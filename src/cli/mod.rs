@@ -9,6 +9,7 @@ mod copy;
 mod lock;
 mod plan;
 mod prune;
+mod sbom;
 mod template;
 
 pub use crate::failure::{exit, Failure};
@@ -88,6 +89,8 @@ pub enum Command {
     Fetch(lock::FetchArgs),
     /// Free the store of steps, exports and blobs not used for a while.
     Prune(prune::PruneArgs),
+    /// Print the SBOM (SPDX or CycloneDX) of any Debian-based image.
+    Sbom(sbom::SbomArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -161,6 +164,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
         Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
         Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
+        Command::Sbom(a) => sbom::sbom_cmd(&ctx, a).await,
         Command::Prune(_) => unreachable!("handled above"),
     }
 }

@@ -52,6 +52,9 @@ pub struct ImportArgs {
     /// Layer compression.
     #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
     pub compression: String,
+    /// The SBOM format(s) attached to the template (repeatable; default spdx).
+    #[arg(long = "sbom-format", value_name = "spdx|cyclonedx", value_parser = super::args::parse_sbom_format)]
+    pub sbom_formats: Vec<crate::sbom::Format>,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +141,15 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     let digest = transfer::publish(&ctx.store, &client, &imported.image, &target, &|_| None)
         .await
         .with_context(|| format!("writing the template to {target}"))?;
+    attach_sbom(
+        ctx,
+        &client,
+        &imported.image,
+        &target,
+        &digest,
+        &a.sbom_formats,
+    )
+    .await?;
     let info = &imported.info;
     eprintln!(
         "imported {} ({}, {} packages, {}) in {:.1}s",
@@ -148,6 +160,40 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("{digest}");
+    Ok(())
+}
+
+/// The template's SBOM, attached where the template was written. Its one
+/// layer is the imported rootfs.
+async fn attach_sbom(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    image: &crate::image::Image,
+    target: &Target,
+    digest: &crate::oci::Digest,
+    formats: &[crate::sbom::Format],
+) -> anyhow::Result<()> {
+    let mut sbom = super::sbom::of_layers(&ctx.store, image, target.to_string())?;
+    sbom.described.layer_origins = vec!["template import".into(); image.layers().len()];
+    let formats = if formats.is_empty() {
+        vec![crate::sbom::Format::Spdx]
+    } else {
+        formats.to_vec()
+    };
+    let artifacts: Vec<_> = formats
+        .iter()
+        .map(|f| {
+            crate::sbom::attach::Artifact::new(
+                &image.descriptor(),
+                f.media_type(),
+                sbom.render(*f),
+                sbom.described.created,
+            )
+        })
+        .collect();
+    crate::build::supply::attach_to(&ctx.store, client, target, digest, &artifacts)
+        .await
+        .with_context(|| format!("attaching the SBOM to {target}"))?;
     Ok(())
 }
 

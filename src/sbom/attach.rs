@@ -98,6 +98,24 @@ impl Artifact {
     }
 }
 
+/// The repository of `image`, with no tag or digest.
+fn repo_of(image: &Reference) -> Reference {
+    Reference {
+        tag: None,
+        digest: None,
+        ..image.clone()
+    }
+}
+
+/// `repo@digest`, with no tag (a manifest put there is not tagged).
+fn pinned(repo: &Reference, digest: Digest) -> Reference {
+    Reference {
+        tag: None,
+        digest: Some(digest),
+        ..repo.clone()
+    }
+}
+
 /// The referrers tag of an image: `sha256-<hex>`.
 pub fn referrers_tag(subject: &Digest) -> String {
     format!("sha256-{}", subject.hex())
@@ -140,7 +158,7 @@ pub async fn push(
             source: Box::new(source),
         }
     };
-    let repo = image.with_tag("unused");
+    let repo = repo_of(image);
     for a in artifacts {
         for bytes in [EMPTY, &a.document[..]] {
             let d = store.put_bytes(bytes)?;
@@ -152,7 +170,7 @@ pub async fn push(
         }
         client
             .put_manifest(
-                &repo.with_digest(a.digest()),
+                &pinned(&repo, a.digest()),
                 &a.manifest_bytes,
                 MediaType::OCI_MANIFEST,
             )
@@ -196,7 +214,7 @@ pub async fn list(
     image: &Reference,
     subject: &Digest,
 ) -> Result<Vec<Descriptor>, RegistryError> {
-    let repo = image.with_tag("unused");
+    let repo = repo_of(image);
     if let Some(index) = client.referrers(&repo, subject).await? {
         return Ok(index.manifests);
     }
@@ -245,6 +263,47 @@ pub async fn fetch(
     let mut sink = VecSink::default();
     client.pull_blob(image, layer, &mut sink).await?;
     Ok(Some(sink.into_inner()))
+}
+
+/// The document of the first artifact of `artifact_type` whose subject is
+/// `subject` in an OCI layout, if any.
+pub fn fetch_from_layout(
+    dir: &Path,
+    subject: &Digest,
+    artifact_type: &str,
+) -> Result<Option<Vec<u8>>, AttachError> {
+    let io_err = |source| AttachError::Layout {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let blob = |d: &Digest| -> Result<Vec<u8>, AttachError> {
+        let bytes = fs_err::read(dir.join("blobs").join("sha256").join(d.hex())).map_err(io_err)?;
+        if Digest::of(&bytes) != *d {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("blob {d} does not match its digest"),
+            )));
+        }
+        Ok(bytes)
+    };
+    let index: ImageIndex = match fs_err::read(dir.join("index.json")) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| io_err(e.into()))?,
+        Err(e) => return Err(io_err(e)),
+    };
+    for desc in index
+        .manifests
+        .iter()
+        .filter(|d| d.artifact_type.as_deref() == Some(artifact_type))
+    {
+        let manifest: Manifest =
+            serde_json::from_slice(&blob(&desc.digest)?).map_err(|e| io_err(e.into()))?;
+        if manifest.subject.as_ref().map(|s| &s.digest) == Some(subject) {
+            if let Some(layer) = manifest.layers.first() {
+                return Ok(Some(blob(&layer.digest)?));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Write the artifacts into an OCI layout next to their image: the blobs,

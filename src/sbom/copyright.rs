@@ -87,6 +87,7 @@ pub fn spdx_id(name: &str) -> String {
         ("ISC", "ISC"),
         ("Zlib", "Zlib"),
         ("Apache-2.0", "Apache-2.0"),
+        ("Apache-2", "Apache-2.0"),
         ("Artistic", "Artistic-1.0-Perl"),
         ("Artistic-2.0", "Artistic-2.0"),
         ("MPL-1.1", "MPL-1.1"),

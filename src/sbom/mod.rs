@@ -191,6 +191,34 @@ impl Sbom {
     }
 }
 
+/// Write a rendered SBOM to `dest` (a temp file beside it, renamed into
+/// place: never half-written).
+pub fn write_file(bytes: &[u8], dest: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sbom-")
+        .tempfile_in(parent)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("creating a temp file in {}: {e}", parent.display()),
+            )
+        })?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dest).map_err(|e| {
+        std::io::Error::new(
+            e.error.kind(),
+            format!("writing {}: {}", dest.display(), e.error),
+        )
+    })?;
+    Ok(())
+}
+
 /// `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12`, with the
 /// version percent-encoded as the purl spec asks (`:` of an epoch, `+`).
 pub fn purl(p: &dpkg::Installed, distro: &str) -> String {
