@@ -39,12 +39,7 @@ async fn fetch_whole(
     reference: &str,
     platform: Option<&str>,
 ) -> anyhow::Result<transfer::Resolved> {
-    let target = parse_target(reference)?;
-    let platform = parse_platform(platform)?;
-    let client = ctx.client()?;
-    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
-        .await
-        .with_context(|| format!("reading {target}"))?;
+    let (target, client, resolved) = super::template::resolve_arg(ctx, reference, platform).await?;
     fetch_layers(ctx, &client, &resolved, &target).await?;
     Ok(resolved)
 }

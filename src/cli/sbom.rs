@@ -7,8 +7,7 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use super::template::parse_target;
-use super::{parse_platform, Context};
+use super::Context;
 use crate::oci::Target;
 use crate::sbom::{attach, Described, Format, Sbom};
 use crate::transfer;
@@ -33,12 +32,8 @@ pub struct SbomArgs {
 }
 
 pub async fn sbom_cmd(ctx: &Context, a: SbomArgs) -> anyhow::Result<()> {
-    let target = parse_target(&a.reference)?;
-    let platform = parse_platform(a.platform.as_deref())?;
-    let client = ctx.client()?;
-    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
-        .await
-        .with_context(|| format!("reading {target}"))?;
+    let (target, client, resolved) =
+        super::template::resolve_arg(ctx, &a.reference, a.platform.as_deref()).await?;
     let digest = resolved.digest();
     if !a.from_layers {
         let attached = match &target {

@@ -197,13 +197,24 @@ async fn attach_sbom(
     Ok(())
 }
 
-async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
-    let target = parse_target(&a.reference)?;
-    let platform = parse_platform(a.platform.as_deref())?;
+/// A REF argument resolved to one image for `--platform` (manifest and
+/// config in the store), with the client that reached it.
+pub async fn resolve_arg(
+    ctx: &Context,
+    reference: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<(Target, crate::registry::Client, transfer::Resolved)> {
+    let target = parse_target(reference)?;
+    let platform = parse_platform(platform)?;
     let client = ctx.client()?;
     let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
         .await
         .with_context(|| format!("reading {target}"))?;
+    Ok((target, client, resolved))
+}
+
+async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
+    let (target, _, resolved) = resolve_arg(ctx, &a.reference, a.platform.as_deref()).await?;
     let image = &resolved.image;
     let packages = image.packages();
     let created = image
