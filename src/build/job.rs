@@ -46,8 +46,6 @@ pub struct BuildReport {
     pub published: Vec<(Target, Digest)>,
     pub cache_push: Option<(Reference, PushReport)>,
     pub exports: Vec<crate::export::ExportReport>,
-    /// Where the SBOM and provenance were attached or written.
-    pub attached: Vec<String>,
     /// Everything the user was warned about, in order.
     pub warnings: Vec<String>,
 }
@@ -78,7 +76,6 @@ pub async fn run(
     store.set_name(&name, &built.image.descriptor())?;
     let sources = &built.sources;
     let supply = supply_chain(store, client, &req, &plan, &built, &name).await?;
-    let mut attached = vec![];
     let mut published = vec![];
     for t in &req.tags {
         // Layers the registry holds already (template, cache) are mounted,
@@ -99,7 +96,6 @@ pub async fn run(
                 "sbom",
                 &format!("attached the SBOM and provenance to {t}{how}"),
             );
-            attached.push(t.to_string());
         }
         published.push((t.clone(), d));
     }
@@ -125,40 +121,17 @@ pub async fn run(
     };
     let exports = export(store, client, &built, &req.outputs, plan.epoch, progress).await?;
     if let Some((sbom, artifacts)) = &supply {
-        for o in &req.outputs {
-            match o.kind {
-                OutputKind::Oci => super::supply::attach_to(
-                    store,
-                    client,
-                    &Target::Layout {
-                        dir: o.dest.clone(),
-                        tag: o.tag().to_string(),
-                        digest: None,
-                    },
-                    &built.image.digest(),
-                    artifacts,
-                )
-                .await
-                .map(|_| ())?,
-                OutputKind::Sbom => {
-                    crate::sbom::write_file(&sbom.render(o.sbom_format()), &o.dest)?
-                }
-                _ => continue,
-            }
-            progress.note(
-                "sbom",
-                &format!(
-                    "wrote the {} of the image to {}",
-                    if o.kind == OutputKind::Sbom {
-                        "SBOM"
-                    } else {
-                        "SBOM and provenance"
-                    },
-                    o.dest.display()
-                ),
-            );
-            attached.push(o.dest.display().to_string());
-        }
+        let digest = built.image.digest();
+        super::supply::write_outputs(
+            store,
+            client,
+            &req.outputs,
+            &digest,
+            sbom,
+            artifacts,
+            progress,
+        )
+        .await?;
     }
     Ok(BuildReport {
         plan,
@@ -166,7 +139,6 @@ pub async fn run(
         published,
         cache_push,
         exports,
-        attached,
         warnings: warnings.0,
     })
 }
@@ -189,7 +161,10 @@ async fn supply_chain(
     if !wanted {
         return Ok(None);
     }
-    transfer::ensure_from(store, client, &built.sources, built.image.layers()).await?;
+    let scratch = tempfile::Builder::new()
+        .prefix("sbom-layers-")
+        .tempdir_in(store.tmp_dir())?;
+    let blobs = super::supply::layer_blobs(store, client, built, scratch.path()).await?;
     // The SBOM names the image the way the user does: the first tag, else
     // the Buildfile's folder.
     let name = req
@@ -202,7 +177,7 @@ async fn supply_chain(
         req.sbom_formats.clone()
     };
     let made = tokio::task::block_in_place(|| {
-        super::supply::artifacts(store, plan, built, &name, &formats)
+        super::supply::artifacts(&blobs, plan, built, &name, &formats)
     })?;
     Ok(Some(made))
 }

@@ -9,11 +9,14 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 
 use super::Built;
+use crate::export::{OutputKind, OutputSpec};
 use crate::oci::{Digest, Target};
 use crate::plan::Plan;
+use crate::progress::Progress;
 use crate::registry::Client;
 use crate::sbom::attach::{self, Artifact};
 use crate::sbom::provenance::{self, BuildFacts, StepFact};
+use crate::sbom::scan::{LayerBlobs, PulledBlobs};
 use crate::sbom::{Described, Format, Sbom};
 use crate::store::Store;
 
@@ -32,8 +35,54 @@ pub fn layer_origins(plan: &Plan, built: &Built) -> Vec<String> {
         .collect()
 }
 
-/// The SBOM of the built image; its layers must be in the store.
-pub fn sbom(store: &Store, plan: &Plan, built: &Built, name: &str) -> anyhow::Result<Sbom> {
+/// The image's layers where the SBOM can read them: those in the store
+/// from there, the others pulled from their registry into files under
+/// `dir` (verified as they stream) rather than into the store, so a build
+/// whose every layer is mounted from a registry cache still stores none.
+pub async fn layer_blobs<'a>(
+    store: &'a Store,
+    client: &Client,
+    built: &Built,
+    dir: &std::path::Path,
+) -> anyhow::Result<PulledBlobs<'a>> {
+    let mut files = BTreeMap::new();
+    for desc in built.image.layers() {
+        if store.has_blob(&desc.digest) || files.contains_key(&desc.digest) {
+            continue;
+        }
+        match built.sources.registry_of(&desc.digest) {
+            Some(repo) => {
+                let path = dir.join(desc.digest.hex());
+                let mut file = tokio::fs::File::create(&path)
+                    .await
+                    .with_context(|| format!("creating {}", path.display()))?;
+                client
+                    .pull_blob(&repo, desc, &mut file)
+                    .await
+                    .with_context(|| format!("reading layer {} for the SBOM", desc.digest))?;
+                files.insert(desc.digest.clone(), path);
+            }
+            None => {
+                crate::transfer::ensure_from(
+                    store,
+                    client,
+                    &built.sources,
+                    std::slice::from_ref(desc),
+                )
+                .await?
+            }
+        }
+    }
+    Ok(PulledBlobs { store, files })
+}
+
+/// The SBOM of the built image.
+pub fn sbom(
+    blobs: &dyn LayerBlobs,
+    plan: &Plan,
+    built: &Built,
+    name: &str,
+) -> anyhow::Result<Sbom> {
     let mut deb_sha256 = BTreeMap::new();
     if let Some(lock) = &plan.locked {
         for p in lock.debs() {
@@ -50,7 +99,7 @@ pub fn sbom(store: &Store, plan: &Plan, built: &Built, name: &str) -> anyhow::Re
         layer_origins: layer_origins(plan, built),
         deb_sha256,
     };
-    let contents = crate::sbom::scan(store, &built.image)
+    let contents = crate::sbom::scan(blobs, &built.image)
         .with_context(|| format!("reading the packages of {}", built.image.digest()))?;
     Ok(Sbom {
         described,
@@ -110,13 +159,13 @@ pub fn provenance(plan: &Plan, built: &Built, name: &str) -> anyhow::Result<Vec<
 /// The artifacts to attach: one SBOM per format asked for, and the
 /// provenance.
 pub fn artifacts(
-    store: &Store,
+    blobs: &dyn LayerBlobs,
     plan: &Plan,
     built: &Built,
     name: &str,
     formats: &[Format],
 ) -> anyhow::Result<(Sbom, Vec<Artifact>)> {
-    let sbom = sbom(store, plan, built, name)?;
+    let sbom = sbom(blobs, plan, built, name)?;
     let subject = built.image.descriptor();
     let mut out: Vec<Artifact> = formats
         .iter()
@@ -146,4 +195,40 @@ pub async fn attach_to(
             Ok(None)
         }
     }
+}
+
+/// The `-o` outputs that carry the documents: `oci` layouts get the
+/// artifacts beside the image, `sbom` the SBOM as a file.
+pub async fn write_outputs(
+    store: &Store,
+    client: &Client,
+    outputs: &[OutputSpec],
+    subject: &Digest,
+    sbom: &Sbom,
+    artifacts: &[Artifact],
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    for o in outputs {
+        let what = match o.kind {
+            OutputKind::Oci => {
+                let layout = Target::Layout {
+                    dir: o.dest.clone(),
+                    tag: o.tag().to_string(),
+                    digest: None,
+                };
+                attach_to(store, client, &layout, subject, artifacts).await?;
+                "SBOM and provenance"
+            }
+            OutputKind::Sbom => {
+                crate::sbom::write_file(&sbom.render(o.sbom_format()), &o.dest)?;
+                "SBOM"
+            }
+            _ => continue,
+        };
+        progress.note(
+            "sbom",
+            &format!("wrote the {what} of the image to {}", o.dest.display()),
+        );
+    }
+    Ok(())
 }

@@ -31,9 +31,9 @@ pub enum AttachError {
     },
     #[error("the referrers index {tag} of {repo} is not an OCI image index")]
     BadIndex { repo: String, tag: String },
-    #[error("storing an artifact")]
+    #[error("writing an artifact")]
     Store(#[from] StoreError),
-    #[error("writing artifacts into the OCI layout {dir}")]
+    #[error("writing artifacts into {dir}")]
     Layout {
         dir: String,
         #[source]
@@ -161,10 +161,21 @@ pub async fn push(
     let repo = repo_of(image);
     for a in artifacts {
         for bytes in [EMPTY, &a.document[..]] {
-            let d = store.put_bytes(bytes)?;
-            let desc = Descriptor::new(&a.artifact_type, d.clone(), bytes.len() as u64);
+            // Pushed from a temp file, not kept in the store: the documents
+            // are cheap to make again and the store keeps layers.
+            let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir()).map_err(|source| {
+                AttachError::Layout {
+                    dir: store.tmp_dir().display().to_string(),
+                    source,
+                }
+            })?;
+            std::io::Write::write_all(&mut tmp, bytes).map_err(|source| AttachError::Layout {
+                dir: store.tmp_dir().display().to_string(),
+                source,
+            })?;
+            let desc = Descriptor::new(&a.artifact_type, Digest::of(bytes), bytes.len() as u64);
             client
-                .push_blob_file(&repo, &desc, &store.blob_path(&d), None)
+                .push_blob_file(&repo, &desc, tmp.path(), None)
                 .await
                 .map_err(err(&a.artifact_type))?;
         }

@@ -69,10 +69,6 @@ impl Format {
             Format::CycloneDx => "application/vnd.cyclonedx+json",
         }
     }
-
-    pub fn from_media_type(m: &str) -> Option<Format> {
-        Format::ALL.into_iter().find(|f| f.media_type() == m)
-    }
 }
 
 impl fmt::Display for Format {

@@ -15,6 +15,7 @@ use super::dpkg::{self, Installed};
 use super::SbomError;
 use crate::image::Image;
 use crate::layer::{self, LayerIndex, NodeKind, Shared, TreeIndex};
+use crate::oci::Digest;
 use crate::store::Store;
 
 const STATUS: &[u8] = b"var/lib/dpkg/status";
@@ -61,15 +62,55 @@ fn wanted(path: &[u8]) -> bool {
     false
 }
 
-/// Read the image's layers (their blobs must be in the store).
-pub fn scan(store: &Store, image: &Image) -> Result<Contents, SbomError> {
+/// Where [`scan`] reads layer blobs from. Every reader must check the
+/// blob's digest by the time it is read to the end (the store's readers
+/// do; a blob pulled into a temp file was checked while it streamed).
+pub trait LayerBlobs {
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SbomError>;
+}
+
+impl LayerBlobs for Store {
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SbomError> {
+        let blob = self.open_blob(digest).map_err(|source| SbomError::Blob {
+            layer: digest.clone(),
+            source,
+        })?;
+        Ok(Box::new(blob))
+    }
+}
+
+/// Blobs pulled into files (already verified) for one scan, the others
+/// from the store: a build that publishes only manifests (every layer
+/// mounted from a registry cache) need not put its layers in the store
+/// to describe them.
+pub struct PulledBlobs<'a> {
+    pub store: &'a Store,
+    pub files: BTreeMap<Digest, std::path::PathBuf>,
+}
+
+impl LayerBlobs for PulledBlobs<'_> {
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SbomError> {
+        match self.files.get(digest) {
+            Some(path) => Ok(Box::new(io::BufReader::new(
+                fs_err::File::open(path).map_err(|source| SbomError::Layer {
+                    layer: digest.clone(),
+                    source,
+                })?,
+            ))),
+            None => self.store.open(digest),
+        }
+    }
+}
+
+/// Read the image's layers.
+pub fn scan(blobs: &dyn LayerBlobs, image: &Image) -> Result<Contents, SbomError> {
     let mut tree = TreeIndex::default();
     let mut kept: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut written: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
     // dpkg's status after each layer that changed it.
     let mut statuses: Vec<(usize, Vec<Installed>)> = vec![];
     for (i, desc) in image.layers().iter().enumerate() {
-        let (index, files) = read_layer(store, &desc.digest, &wanted)?;
+        let (index, files) = read_layer(blobs, &desc.digest, &wanted)?;
         tree.apply(&index);
         for (path, entry) in &index.entries {
             if matches!(
@@ -136,7 +177,7 @@ pub fn scan(store: &Store, image: &Image) -> Result<Contents, SbomError> {
         .filter(|(p, e)| matches!(e.kind, NodeKind::File { .. }) && !owned.contains(*p))
         .map(|(p, _)| p.to_vec())
         .collect();
-    let sha1s = sha1_of(store, image, &unowned_paths)?;
+    let sha1s = sha1_of(blobs, image, &unowned_paths)?;
     let unowned = unowned_paths
         .iter()
         .filter_map(|p| {
@@ -229,23 +270,23 @@ type ReadLayer = (LayerIndex, Vec<(Vec<u8>, Vec<u8>)>);
 
 /// Read one layer blob from the store, checking its digest to the end.
 fn read_layer(
-    store: &Store,
-    digest: &crate::oci::Digest,
+    blobs: &dyn LayerBlobs,
+    digest: &Digest,
     keep: &dyn Fn(&[u8]) -> bool,
 ) -> Result<ReadLayer, SbomError> {
-    with_layer(store, digest, |tar| LayerIndex::read_capturing(tar, keep))
+    with_layer(blobs, digest, |tar| LayerIndex::read_capturing(tar, keep))
 }
 
 /// SPDX wants a SHA-1 of each file it lists: a second pass over the
 /// layers hashes only the unowned files, in the layer that wrote them last.
 fn sha1_of(
-    store: &Store,
+    blobs: &dyn LayerBlobs,
     image: &Image,
     paths: &BTreeSet<Vec<u8>>,
 ) -> Result<BTreeMap<Vec<u8>, String>, SbomError> {
     let mut out = BTreeMap::new();
     for desc in image.layers() {
-        with_layer(store, &desc.digest, |tar| {
+        with_layer(blobs, &desc.digest, |tar| {
             let mut ar = tar::Archive::new(tar);
             for entry in ar.entries()? {
                 let mut e = entry?;
@@ -275,18 +316,15 @@ fn sha1_of(
 /// Run `f` on a layer's uncompressed tar, then drain the blob so the
 /// store's digest check at its end runs.
 fn with_layer<T>(
-    store: &Store,
-    digest: &crate::oci::Digest,
+    blobs: &dyn LayerBlobs,
+    digest: &Digest,
     f: impl FnOnce(Box<dyn Read + Send>) -> io::Result<T>,
 ) -> Result<T, SbomError> {
     let layer_err = |source: io::Error| SbomError::Layer {
         layer: digest.clone(),
         source,
     };
-    let blob = store.open_blob(digest).map_err(|source| SbomError::Blob {
-        layer: digest.clone(),
-        source,
-    })?;
+    let blob = blobs.open(digest)?;
     let shared = Shared::new(blob);
     let out = f(layer::decompress(shared.clone()).map_err(layer_err)?).map_err(layer_err)?;
     let mut r = shared.0.lock().unwrap_or_else(|p| p.into_inner());
