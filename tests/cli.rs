@@ -337,6 +337,16 @@ fn template_import_attaches_an_sbom_that_sbom_prints_and_the_layers_agree() {
         cdx["components"][0]["purl"],
         "pkg:deb/debian/hello@2.10-3?arch=amd64&distro=debian-12"
     );
+    // `export -o type=sbom` writes what `sbom --from-layers` prints.
+    let file = env.path("tiny.cdx.json");
+    env.ok(&[
+        "export",
+        &layout,
+        "-o",
+        &format!("type=sbom,format=cyclonedx,dest={}", file.display()),
+    ]);
+    let from_layers = env.ok(&["sbom", &layout, "--from-layers", "--format", "cyclonedx"]);
+    assert_eq!(fs_err::read_to_string(&file).unwrap(), from_layers);
     let bad = env.run(&["sbom", &layout, "--format", "swid"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("spdx, cyclonedx"));

@@ -94,9 +94,16 @@ impl Artifact {
             self.manifest_bytes.len() as u64,
         );
         d.artifact_type = Some(self.artifact_type.clone());
+        d.annotations
+            .insert(WRITTEN_BY.to_string(), "tplbuild".to_string());
         d
     }
 }
+
+/// The index annotation that marks an artifact as tplbuild's, so that a
+/// rebuild replaces its own SBOM and provenance instead of piling up
+/// another, and leaves other tools' artifacts alone.
+pub const WRITTEN_BY: &str = "dev.tplbuild.written-by";
 
 /// The repository of `image`, with no tag or digest.
 fn repo_of(image: &Reference) -> Reference {
@@ -122,7 +129,8 @@ pub fn referrers_tag(subject: &Digest) -> String {
 }
 
 /// `existing` with `added` in it: an artifact already listed (same digest)
-/// is not listed twice; the others keep their order.
+/// is not listed twice, an older one tplbuild wrote of the same
+/// artifactType is replaced, everything else keeps its place.
 pub fn merge_index(existing: Option<ImageIndex>, added: &[Descriptor]) -> ImageIndex {
     let mut index = existing.unwrap_or(ImageIndex {
         schema_version: 2,
@@ -132,6 +140,11 @@ pub fn merge_index(existing: Option<ImageIndex>, added: &[Descriptor]) -> ImageI
         annotations: BTreeMap::new(),
     });
     for d in added {
+        index.manifests.retain(|m| {
+            m.digest == d.digest
+                || m.artifact_type != d.artifact_type
+                || !m.annotations.contains_key(WRITTEN_BY)
+        });
         if !index.manifests.iter().any(|m| m.digest == d.digest) {
             index.manifests.push(d.clone());
         }
@@ -336,7 +349,10 @@ pub fn write_to_layout(dir: &Path, artifacts: &[Artifact]) -> Result<(), AttachE
         }
     }
     let added: Vec<Descriptor> = artifacts.iter().map(Artifact::descriptor).collect();
-    crate::store::index::add_to_layout(dir, &added)?;
+    let path = dir.join("index.json");
+    let index = merge_index(Some(crate::store::index::read_index(&path)?), &added);
+    let bytes = serde_json::to_vec_pretty(&index).expect("an index always serialises");
+    crate::store::write_atomic(dir, &path, &bytes).map_err(io_err)?;
     let _ = fs_err::remove_dir(dir.join("tmp"));
     Ok(())
 }
@@ -364,6 +380,23 @@ mod tests {
         // Same inputs, same digest: a rebuild does not add a second entry.
         let b = Artifact::new(&subject(), "application/spdx+json", b"{}".to_vec(), 0);
         assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn a_newer_artifact_of_ours_replaces_the_older_one_and_leaves_others() {
+        let theirs = {
+            let mut d = Descriptor::new(MediaType::OCI_MANIFEST, Digest::of(b"scan"), 5);
+            d.artifact_type = Some(IN_TOTO.into());
+            d
+        };
+        let old = Artifact::new(&subject(), IN_TOTO, b"run 1".to_vec(), 0).descriptor();
+        let new = Artifact::new(&subject(), IN_TOTO, b"run 2".to_vec(), 0).descriptor();
+        let spdx =
+            Artifact::new(&subject(), "application/spdx+json", b"{}".to_vec(), 0).descriptor();
+        let first = merge_index(None, &[theirs.clone(), old, spdx.clone()]);
+        let merged = merge_index(Some(first), std::slice::from_ref(&new));
+        let digests: Vec<_> = merged.manifests.iter().map(|d| d.digest.clone()).collect();
+        assert_eq!(digests, [theirs.digest, spdx.digest, new.digest]);
     }
 
     #[test]

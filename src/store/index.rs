@@ -90,25 +90,6 @@ pub fn set_name_in_layout(layout: &Path, name: &str, desc: &Descriptor) -> Resul
     Ok(())
 }
 
-/// Add unnamed manifests (artifacts whose `subject` is an image of the
-/// layout) to `index.json`, each once.
-pub fn add_to_layout(layout: &Path, added: &[Descriptor]) -> Result<(), StoreError> {
-    let path = layout.join("index.json");
-    let mut index = read_index(&path)?;
-    let before = index.manifests.len();
-    for d in added {
-        if !index.manifests.iter().any(|m| m.digest == d.digest) {
-            index.manifests.push(d.clone());
-        }
-    }
-    if index.manifests.len() == before {
-        return Ok(());
-    }
-    let bytes = serde_json::to_vec_pretty(&index).expect("an index always serialises");
-    write_atomic(layout, &path, &bytes)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
