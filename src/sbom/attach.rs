@@ -412,6 +412,36 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_lists_the_artifacts_once_and_still_resolves_its_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("home")).unwrap();
+        let image = crate::sbom::tests::sample(&store);
+        crate::transfer::store_image(&store, &image).unwrap();
+        let layout = dir.path().join("layout");
+        crate::transfer::write_layout_image(&store, &image, &layout, "latest").unwrap();
+        let run = |doc: &[u8]| {
+            let a = Artifact::new(&image.descriptor(), IN_TOTO, doc.to_vec(), 0);
+            write_to_layout(&layout, &[a]).unwrap();
+        };
+        run(b"first run");
+        run(b"second run");
+        let found = fetch_from_layout(&layout, &image.digest(), IN_TOTO).unwrap();
+        assert_eq!(found.as_deref(), Some(&b"second run"[..]));
+        // Untagged (as other tools write layouts): the one image is still found.
+        let path = layout.join("index.json");
+        let mut index = crate::store::index::read_index(&path).unwrap();
+        assert_eq!(index.manifests.len(), 2, "{index:?}");
+        for d in &mut index.manifests {
+            d.annotations.remove(crate::store::index::REF_NAME);
+        }
+        fs_err::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+        let platform = image.config.platform();
+        let read =
+            crate::transfer::read_layout_image(&store, &layout, "latest", None, &platform).unwrap();
+        assert_eq!(read.digest(), image.digest());
+    }
+
+    #[test]
     fn the_referrers_tag_is_the_digest_with_a_dash() {
         let d = Digest::of(b"image");
         assert_eq!(referrers_tag(&d), format!("sha256-{}", d.hex()));
