@@ -24,6 +24,7 @@ pub mod oci;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod sbom;
 pub mod sign;
 pub mod stage;
 pub mod store;

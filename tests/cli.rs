@@ -518,3 +518,90 @@ fn a_missing_tag_or_buildfile_gets_a_hint_that_fits_what_was_typed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("check the path"), "{err}");
 }
+
+/// A tiny Debian-looking rootfs: one package that owns one file, and one
+/// file no package owns.
+fn tiny_rootfs(env: &Env) -> std::path::PathBuf {
+    let root = env.path("tiny-rootfs");
+    for (path, text) in [
+        ("usr/lib/os-release", "ID=debian\nVERSION_ID=\"12\"\n"),
+        (
+            "var/lib/dpkg/status",
+            "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n",
+        ),
+        (
+            "var/lib/dpkg/info/hello.list",
+            "/.\n/usr\n/usr/bin\n/usr/bin/hello\n",
+        ),
+        ("usr/bin/hello", "#!/bin/sh\necho hello\n"),
+        ("etc/site.conf", "mine\n"),
+    ] {
+        let p = root.join(path);
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(p, text).unwrap();
+    }
+    root
+}
+
+#[test]
+fn template_import_attaches_an_sbom_that_sbom_prints_and_the_layers_agree() {
+    let env = Env::new();
+    let root = tiny_rootfs(&env);
+    let layout = format!("oci:{}:tiny", env.path("layout").display());
+    env.ok(&[
+        "template",
+        "import",
+        root.to_str().unwrap(),
+        &layout,
+        "--force",
+    ]);
+    let attached = env.ok(&["sbom", &layout]);
+    let doc: serde_json::Value = serde_json::from_str(&attached).unwrap();
+    let hello = &doc["packages"][1];
+    assert_eq!(hello["name"], "hello");
+    assert_eq!(
+        hello["annotations"][0]["comment"],
+        "tplbuild:step=template import"
+    );
+    let files: Vec<&str> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fileName"].as_str().unwrap())
+        .collect();
+    assert!(files.contains(&"./etc/site.conf"), "{files:?}");
+    assert!(!files.contains(&"./usr/bin/hello"), "{files:?}");
+    // Read from the layers instead: the same packages and files.
+    let read: serde_json::Value =
+        serde_json::from_str(&env.ok(&["sbom", &layout, "--from-layers"])).unwrap();
+    assert_eq!(read["packages"][1]["name"], "hello");
+    // Only the step names differ (the layers do not know the import).
+    let sums = |d: &serde_json::Value| -> Vec<(String, String)> {
+        d["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["fileName"].to_string(), f["checksums"].to_string()))
+            .collect()
+    };
+    assert_eq!(sums(&read), sums(&doc));
+    let cdx: serde_json::Value =
+        serde_json::from_str(&env.ok(&["sbom", &layout, "--format", "cyclonedx"])).unwrap();
+    assert_eq!(
+        cdx["components"][0]["purl"],
+        "pkg:deb/debian/hello@2.10-3?arch=amd64&distro=debian-12"
+    );
+    // `export -o type=sbom` writes what `sbom --from-layers` prints.
+    let file = env.path("tiny.cdx.json");
+    env.ok(&[
+        "export",
+        &layout,
+        "-o",
+        &format!("type=sbom,format=cyclonedx,dest={}", file.display()),
+    ]);
+    let from_layers = env.ok(&["sbom", &layout, "--from-layers", "--format", "cyclonedx"]);
+    assert_eq!(fs_err::read_to_string(&file).unwrap(), from_layers);
+    let bad = env.run(&["sbom", &layout, "--format", "swid"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("spdx, cyclonedx"));
+}

@@ -27,6 +27,7 @@ const ORDER: &[&[&str]] = &[
     &["fetch"],
     &["build"],
     &["export"],
+    &["sbom"],
     &["images"],
     &["bundle"],
     &["docs"],

@@ -207,5 +207,8 @@ fn a_tag_the_registry_lacks_is_named_with_the_tags_it_has() {
     assert!(err.contains("no such tag; it has: "), "{err}");
     let has = err.split("it has: ").nth(1).unwrap_or_default();
     assert!(has.split([',', ' ', '\n']).any(|t| t == "1"), "{err}");
-    assert!(!has.contains("sha256-"), "signature tags are left out: {err}");
+    assert!(
+        !has.contains("sha256-"),
+        "signature tags are left out: {err}"
+    );
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use super::prepare::{self, BuildfileSpec};
 use super::{BuildOptions, Built, StepCache};
 use crate::cache::{CacheMode, PushReport, RemoteCache};
-use crate::export::OutputSpec;
+use crate::export::{OutputKind, OutputSpec};
 use crate::failure::Failure;
 use crate::human::human_size;
 use crate::oci::{Digest, Reference, Target};
@@ -32,6 +32,9 @@ pub struct BuildRequest {
     pub cache_from: Vec<Reference>,
     pub cache_to: Option<Reference>,
     pub cache_mode: CacheMode,
+    /// The SBOM formats attached to what `--tag` publishes and to `-o
+    /// type=oci` (the provenance always goes with them).
+    pub sbom_formats: Vec<crate::sbom::Format>,
 }
 
 /// What the job did.
@@ -85,6 +88,7 @@ pub async fn run(
     let name = buildfile_name(&plan.buildfile.path);
     let recorded_as = format!("{}{name}", transfer::local::BUILD_PREFIX);
     transfer::local::record(store, &recorded_as, &built.image.descriptor(), sources)?;
+    let supply = supply_chain(store, client, &req, &plan, &built, &name).await?;
     let mut published = vec![];
     for t in &req.tags {
         // Layers the registry holds already (template, cache) are mounted,
@@ -102,6 +106,16 @@ pub async fn run(
         );
         let tag_name = format!("{}{t}", transfer::local::TAG_PREFIX);
         transfer::local::record(store, &tag_name, &built.image.descriptor(), sources)?;
+        if let Some((_, artifacts)) = &supply {
+            let tag = super::supply::attach_to(store, client, t, &d, artifacts)
+                .await
+                .with_context(|| format!("attaching the SBOM and provenance to {t}"))?;
+            let how = tag.map_or(String::new(), |tag| format!(" (referrers tag {tag})"));
+            progress.note(
+                "sbom",
+                &format!("attached the SBOM and provenance to {t}{how}"),
+            );
+        }
         published.push((t.clone(), d));
     }
     let cache_push = match &req.cache_to {
@@ -132,6 +146,19 @@ pub async fn run(
         None => None,
     };
     let exports = export(store, client, &built, &req.outputs, plan.epoch, progress).await?;
+    if let Some((sbom, artifacts)) = &supply {
+        let digest = built.image.digest();
+        super::supply::write_outputs(
+            store,
+            client,
+            &req.outputs,
+            &digest,
+            sbom,
+            artifacts,
+            progress,
+        )
+        .await?;
+    }
     Ok(BuildReport {
         name,
         plan,
@@ -141,6 +168,45 @@ pub async fn run(
         exports,
         warnings: warnings.0,
     })
+}
+
+/// The SBOM and the artifacts to attach, when anything will carry them:
+/// a `--tag`, an `oci` or an `sbom` output.
+async fn supply_chain(
+    store: &Store,
+    client: &Client,
+    req: &BuildRequest,
+    plan: &Plan,
+    built: &Built,
+    name: &str,
+) -> anyhow::Result<Option<(crate::sbom::Sbom, Vec<crate::sbom::attach::Artifact>)>> {
+    let wanted = !req.tags.is_empty()
+        || req
+            .outputs
+            .iter()
+            .any(|o| matches!(o.kind, OutputKind::Oci | OutputKind::Sbom));
+    if !wanted {
+        return Ok(None);
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("sbom-layers-")
+        .tempdir_in(store.tmp_dir())?;
+    let blobs = super::supply::layer_blobs(store, client, built, scratch.path()).await?;
+    // The SBOM names the image the way the user does: the first tag, else
+    // the Buildfile's folder.
+    let name = req
+        .tags
+        .first()
+        .map_or_else(|| name.to_string(), |t| t.to_string());
+    let formats = if req.sbom_formats.is_empty() {
+        vec![crate::sbom::Format::Spdx]
+    } else {
+        req.sbom_formats.clone()
+    };
+    let made = tokio::task::block_in_place(|| {
+        super::supply::artifacts(&blobs, plan, built, &name, &formats)
+    })?;
+    Ok(Some(made))
 }
 
 #[derive(Default)]
@@ -285,10 +351,17 @@ async fn export(
     if outputs.is_empty() {
         return Ok(vec![]);
     }
+    let outputs: Vec<OutputSpec> = outputs
+        .iter()
+        .filter(|o| o.kind != OutputKind::Sbom)
+        .cloned()
+        .collect();
+    if outputs.is_empty() {
+        return Ok(vec![]);
+    }
     transfer::ensure_from(store, client, &built.sources, built.image.layers()).await?;
     let store2 = store.clone();
     let image = built.image.clone();
-    let outputs = outputs.to_vec();
     let reports = tokio::task::spawn_blocking(move || {
         crate::export::export_all(&store2, &image, &outputs, epoch)
     })

@@ -14,6 +14,7 @@ pub mod run;
 mod run_tests;
 mod signals;
 pub mod step_cache;
+pub mod supply;
 #[cfg(test)]
 mod test_plan;
 pub mod walk;
@@ -85,6 +86,9 @@ pub struct Built {
     pub elapsed: Duration,
     pub removed_secrets: Vec<String>,
     pub containers_created: usize,
+    /// The engine that ran the missing steps; `None` when every step was
+    /// a cache hit and no engine was asked.
+    pub engine: Option<crate::engine::EngineInfo>,
     /// Registry cache problems met on the way (already printed).
     pub warnings: Vec<String>,
 }
@@ -143,6 +147,7 @@ pub async fn build(
     transfer::store_image(store, &image)?;
     explain::save(store, &plan.buildfile.path, &walked.recorded);
     let containers_created = exec.runner.as_ref().map_or(0, |r| r.containers_created);
+    let engine = exec.runner.as_ref().map(run::Runner::engine_info);
     Ok(Built {
         image,
         records,
@@ -153,6 +158,7 @@ pub async fn build(
         elapsed: started.elapsed(),
         removed_secrets,
         containers_created,
+        engine,
         warnings: walked.warnings,
     })
 }

@@ -51,6 +51,11 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// Which engine ran the steps, for the build's provenance.
+    pub fn engine_info(&self) -> crate::engine::EngineInfo {
+        self.engine.info().clone()
+    }
+
     /// Connect to the engine `opts` names (see [`engine::connect`]).
     pub async fn connect(opts: &BuildOptions, progress: &Progress) -> anyhow::Result<Self> {
         let engine = engine::connect(opts.engine).await?;

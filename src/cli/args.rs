@@ -193,14 +193,20 @@ pub struct BuildArgs {
     /// Never download: the locked .debs must be in the store (`tplbuild fetch`).
     #[arg(long)]
     pub offline: bool,
-    /// Also push or write the result here (repeatable): HOST/REPO:TAG or oci:DIR[:TAG].
+    /// Also push or write the result here (repeatable): HOST/REPO:TAG or
+    /// oci:DIR[:TAG]. Its SBOM and provenance are attached as OCI 1.1
+    /// artifacts (referrers API, else the `sha256-<hex>` tag).
     #[arg(long = "tag", short = 't', value_name = "REF")]
     pub tags: Vec<String>,
     /// Sign what --tag pushes to a registry with this private key (PEM,
     /// P-256), in cosign's format.
     #[arg(long, value_name = "KEY.pem")]
     pub sign: Option<PathBuf>,
-    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs,dest=PATH[,opt=value] (repeatable).
+    /// The SBOM format(s) attached with --tag and -o type=oci (repeatable;
+    /// default spdx).
+    #[arg(long = "sbom-format", value_name = "spdx|cyclonedx", value_parser = parse_sbom_format)]
+    pub sbom_formats: Vec<crate::sbom::Format>,
+    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs|sbom,dest=PATH[,opt=value] (repeatable).
     #[arg(long = "output", short = 'o', value_name = "type=T,dest=D")]
     pub outputs: Vec<String>,
     /// How to show progress.
@@ -269,6 +275,10 @@ pub(crate) async fn make_plan(ctx: &Context, a: &BuildfileArgs) -> anyhow::Resul
 }
 
 /// Parse `-o` values; a bad one is bad input (exit 2).
+pub fn parse_sbom_format(s: &str) -> Result<crate::sbom::Format, String> {
+    s.parse()
+}
+
 pub fn parse_outputs(items: &[String]) -> anyhow::Result<Vec<crate::export::OutputSpec>> {
     items
         .iter()

@@ -86,6 +86,7 @@ async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyh
             .map(|s| parse_registry_ref(s, "--cache-to"))
             .transpose()?,
         cache_mode: a.cache_mode,
+        sbom_formats: a.sbom_formats.clone(),
     };
     if signing.is_some() && !req.tags.iter().any(|t| matches!(t, Target::Registry(_))) {
         return Err(Failure::bad_input(

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::human_size;
 use super::template::parse_target;
-use super::{parse_platform, Context, Failure};
+use super::Context;
 use crate::oci::Target;
 use crate::transfer;
 
@@ -41,63 +41,9 @@ async fn fetch_whole(
     reference: &str,
     platform: Option<&str>,
 ) -> anyhow::Result<transfer::Resolved> {
-    let client = ctx.client()?;
-    let resolved = resolve_typed(ctx, &client, reference, platform).await?;
+    let (_, client, resolved) = super::resolve::resolve_arg(ctx, reference, platform).await?;
     fetch_layers(ctx, &client, &resolved, reference).await?;
     Ok(resolved)
-}
-
-/// What the user means by `typed`: an image this machine built (its name,
-/// a tag it published, or its digest; see [`transfer::local`]), else a
-/// registry reference or an OCI layout.
-async fn resolve_typed(
-    ctx: &Context,
-    client: &crate::registry::Client,
-    typed: &str,
-    platform: Option<&str>,
-) -> anyhow::Result<transfer::Resolved> {
-    if let Some(local) = transfer::local::find(&ctx.store, typed).map_err(local_error)? {
-        return Ok(local);
-    }
-    let not_here = |e: anyhow::Error| {
-        match looks_local(typed) {
-        true => e.context(
-            Failure::bad_input(format!(
-                "no image named {typed:?} was built on this machine, and no registry has it"
-            ))
-            .with_hint("`tplbuild images` lists what this machine built; name a registry image as HOST[:PORT]/REPO[:TAG]"),
-        ),
-        false => e,
-    }
-    };
-    if typed.trim_start_matches('@').starts_with("sha256:") {
-        return Err(Failure::bad_input(format!(
-            "no image with digest {typed} was built or pulled on this machine"
-        ))
-        .with_hint("`tplbuild images` lists what the store holds; a registry image is HOST[:PORT]/REPO@sha256:…")
-        .into());
-    }
-    let target = parse_target(typed).map_err(not_here)?;
-    let platform = parse_platform(platform)?;
-    transfer::resolve(&ctx.store, client, &target, &platform)
-        .await
-        .with_context(|| format!("reading {target}"))
-        .map_err(not_here)
-}
-
-/// A digest, or a name with no registry host: what only the store can hold.
-fn looks_local(typed: &str) -> bool {
-    let bare = typed.strip_prefix('@').unwrap_or(typed);
-    bare.starts_with("sha256:") || !(bare.contains('/') || bare.starts_with("oci:"))
-}
-
-fn local_error(e: transfer::local::LocalError) -> anyhow::Error {
-    match e {
-        transfer::local::LocalError::Ambiguous { .. } => Failure::bad_input(e.to_string())
-            .with_hint("type more digits of the digest")
-            .into(),
-        e => e.into(),
-    }
 }
 
 /// Every layer of `resolved` into the store.
@@ -130,8 +76,8 @@ pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
 
 pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
     let dest = parse_target(&a.dest)?;
-    let client = ctx.client()?;
-    let resolved = resolve_typed(ctx, &client, &a.source, a.platform.as_deref()).await?;
+    let (_, client, resolved) =
+        super::resolve::resolve_arg(ctx, &a.source, a.platform.as_deref()).await?;
     // Between repositories of one registry, blobs are mounted, not copied.
     let mount_from = match (&resolved.source, &dest) {
         (transfer::BlobSource::Registry(s), Target::Registry(d)) if s.registry == d.registry => {
@@ -192,7 +138,7 @@ pub struct ExportArgs {
     /// Any image: a template, a built product, a Docker-built image.
     #[arg(value_name = "REF")]
     pub reference: String,
-    /// type=tar|dir|ext4|erofs|squashfs|oci,dest=PATH[,opt=value] (repeatable).
+    /// type=tar|dir|ext4|erofs|squashfs|oci|sbom,dest=PATH[,opt=value] (repeatable).
     #[arg(
         long = "output",
         short = 'o',
@@ -206,9 +152,18 @@ pub struct ExportArgs {
 
 /// Flatten any image to rootfs outputs.
 pub async fn export(ctx: &Context, a: ExportArgs) -> anyhow::Result<()> {
-    let outputs = super::args::parse_outputs(&a.outputs)?;
+    let (sboms, outputs): (Vec<_>, Vec<_>) = super::args::parse_outputs(&a.outputs)?
+        .into_iter()
+        .partition(|o| o.kind == crate::export::OutputKind::Sbom);
     let resolved = fetch_whole(ctx, &a.reference, a.platform.as_deref()).await?;
     let target = &resolved.pinned;
+    if !sboms.is_empty() {
+        let sbom = super::sbom::of_layers(&ctx.store, &resolved.image, a.reference.clone())?;
+        for o in &sboms {
+            crate::sbom::write_file(&sbom.render(o.sbom_format()), &o.dest)?;
+            eprintln!("wrote {} ({} SBOM)", o.dest.display(), o.sbom_format());
+        }
+    }
     let epoch = crate::plan::epoch_for(&resolved);
     let store = ctx.store.clone();
     let image = resolved.image.clone();

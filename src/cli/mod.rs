@@ -11,6 +11,8 @@ mod images;
 mod lock;
 mod plan;
 mod prune;
+mod resolve;
+mod sbom;
 mod sign;
 mod template;
 
@@ -96,6 +98,12 @@ pub enum Command {
     Lock(lock::LockArgs),
     /// Download the .debs FILE.lock names into the store, verified.
     Fetch(lock::FetchArgs),
+    /// Print the SBOM (SPDX or CycloneDX) of any Debian-based image.
+    Sbom(sbom::SbomArgs),
+    /// Sign an image in a registry with a private key (cosign's format).
+    Sign(sign::SignArgs),
+    /// Check an image's signatures against public keys (cosign's format).
+    Verify(sign::VerifyArgs),
     /// Free the store of steps, exports and blobs not used for a while.
     Prune(prune::PruneArgs),
     /// Print a reference: the Buildfile language, the JSON events, engines.
@@ -104,10 +112,6 @@ pub enum Command {
     Completion(docs::CompletionArgs),
     /// Print the man page (roff), generated from these flags.
     Man(docs::ManArgs),
-    /// Sign an image in a registry with a private key (cosign's format).
-    Sign(sign::SignArgs),
-    /// Check an image's signatures against public keys (cosign's format).
-    Verify(sign::VerifyArgs),
 }
 
 pub fn init_tracing(debug: bool) {
@@ -186,6 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(a) => bundle::bundle_cmd(&ctx, a).await,
         Command::Lock(a) => lock::lock_cmd(&ctx, a).await,
         Command::Fetch(a) => lock::fetch_cmd(&ctx, a).await,
+        Command::Sbom(a) => sbom::sbom_cmd(&ctx, a).await,
         Command::Sign(a) => sign::sign_cmd(&ctx, a).await,
         Command::Verify(a) => sign::verify_cmd(&ctx, a).await,
         Command::Prune(_) | Command::Docs(_) | Command::Completion(_) | Command::Man(_) => {

@@ -56,6 +56,9 @@ pub struct ImportArgs {
     /// cosign's format; REF must be a registry reference.
     #[arg(long, value_name = "KEY.pem")]
     pub sign: Option<PathBuf>,
+    /// The SBOM format(s) attached to the template (repeatable; default spdx).
+    #[arg(long = "sbom-format", value_name = "spdx|cyclonedx", value_parser = super::args::parse_sbom_format)]
+    pub sbom_formats: Vec<crate::sbom::Format>,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +151,15 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     let digest = transfer::publish(&ctx.store, &client, &imported.image, &target, &|_| None)
         .await
         .with_context(|| format!("writing the template to {target}"))?;
+    attach_sbom(
+        ctx,
+        &client,
+        &imported.image,
+        &target,
+        &digest,
+        &a.sbom_formats,
+    )
+    .await?;
     let info = &imported.info;
     eprintln!(
         "imported {} ({}, {} packages, {}) in {:.1}s",
@@ -167,13 +179,43 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
-    let target = parse_target(&a.reference)?;
-    let platform = parse_platform(a.platform.as_deref())?;
-    let client = ctx.client()?;
-    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
+/// The template's SBOM, attached where the template was written. Its one
+/// layer is the imported rootfs.
+async fn attach_sbom(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    image: &crate::image::Image,
+    target: &Target,
+    digest: &crate::oci::Digest,
+    formats: &[crate::sbom::Format],
+) -> anyhow::Result<()> {
+    let mut sbom = super::sbom::of_layers(&ctx.store, image, target.to_string())?;
+    sbom.described.layer_origins = vec!["template import".into(); image.layers().len()];
+    let formats = if formats.is_empty() {
+        vec![crate::sbom::Format::Spdx]
+    } else {
+        formats.to_vec()
+    };
+    let artifacts: Vec<_> = formats
+        .iter()
+        .map(|f| {
+            crate::sbom::attach::Artifact::new(
+                &image.descriptor(),
+                f.media_type(),
+                sbom.render(*f),
+                sbom.described.created,
+            )
+        })
+        .collect();
+    crate::build::supply::attach_to(&ctx.store, client, target, digest, &artifacts)
         .await
-        .with_context(|| format!("reading {target}"))?;
+        .with_context(|| format!("attaching the SBOM to {target}"))?;
+    Ok(())
+}
+
+async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
+    let (target, _, resolved) =
+        super::resolve::resolve_arg(ctx, &a.reference, a.platform.as_deref()).await?;
     let image = &resolved.image;
     let packages = image.packages();
     let created = image

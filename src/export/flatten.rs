@@ -5,13 +5,12 @@
 //! store through [`crate::layer::decompress`] and makes sure every byte
 //! of it was checked against its digest.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use super::ExportError;
 use crate::image::Image;
-use crate::layer;
+use crate::layer::{self, Shared};
 use crate::store::{Store, StoreError};
 
 /// Apply `image`'s layers, bottom first, onto `dest` (an existing, empty
@@ -22,9 +21,7 @@ pub fn flatten(store: &Store, image: &Image, dest: &Path) -> Result<(), ExportEr
             layer: desc.digest.clone(),
             source,
         };
-        let reader = Shared(Arc::new(Mutex::new(
-            store.open_blob(&desc.digest).map_err(blob_err)?,
-        )));
+        let reader = Shared::new(store.open_blob(&desc.digest).map_err(blob_err)?);
         let decompressed = layer::decompress(reader.clone())?;
         let applied = layer::apply_layer(decompressed, dest);
         // The tar reader stops at the end-of-archive marker; read the rest
@@ -50,19 +47,4 @@ pub fn flatten(store: &Store, image: &Image, dest: &Path) -> Result<(), ExportEr
         })?;
     }
     Ok(())
-}
-
-/// A reader that the decompressor owns and we can still drain afterwards.
-struct Shared<R>(Arc<Mutex<R>>);
-
-impl<R> Clone for Shared<R> {
-    fn clone(&self) -> Self {
-        Shared(Arc::clone(&self.0))
-    }
-}
-
-impl<R: Read> Read for Shared<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).read(buf)
-    }
 }

@@ -56,16 +56,21 @@ pub enum OutputKind {
     Erofs,
     Squashfs,
     Oci,
+    /// The image's SBOM as a file (`format=spdx|cyclonedx`); written by
+    /// whoever knows the image's steps (see `crate::sbom::write_file`),
+    /// not by [`export_all`].
+    Sbom,
 }
 
 impl OutputKind {
-    pub const ALL: [OutputKind; 6] = [
+    pub const ALL: [OutputKind; 7] = [
         OutputKind::Tar,
         OutputKind::Dir,
         OutputKind::Ext4,
         OutputKind::Erofs,
         OutputKind::Squashfs,
         OutputKind::Oci,
+        OutputKind::Sbom,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,17 +81,18 @@ impl OutputKind {
             OutputKind::Erofs => "erofs",
             OutputKind::Squashfs => "squashfs",
             OutputKind::Oci => "oci",
+            OutputKind::Sbom => "sbom",
         }
     }
 
     /// Whether this output is read from a flattened root filesystem.
     pub fn needs_rootfs(self) -> bool {
-        self != OutputKind::Oci
+        !matches!(self, OutputKind::Oci | OutputKind::Sbom)
     }
 
     /// Whether the output is one file that the export cache can keep.
     pub fn is_file(self) -> bool {
-        !matches!(self, OutputKind::Dir | OutputKind::Oci)
+        !matches!(self, OutputKind::Dir | OutputKind::Oci | OutputKind::Sbom)
     }
 }
 

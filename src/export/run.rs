@@ -112,6 +112,11 @@ pub(super) fn export_with(
         let started = Instant::now();
         let mut report = match plan.spec.kind {
             OutputKind::Oci => export_oci(store, image, plan.spec)?,
+            OutputKind::Sbom => {
+                return Err(ExportError::Unexpected {
+                    what: "an sbom output reached the rootfs exporters".into(),
+                })
+            }
             _ => export_file(&cache, plan, tree.as_ref(), &digest, epoch, store)?,
         };
         report.seconds = started.elapsed().as_secs_f64();
@@ -411,6 +416,7 @@ pub fn check_dests(outputs: &[OutputSpec]) -> Result<(), ExportError> {
         match spec.kind {
             OutputKind::Dir => check_dir_dest(&spec.dest, spec.force())?,
             OutputKind::Oci => {}
+            OutputKind::Sbom => check_file_dest(&spec.dest, spec.kind)?,
             kind => check_file_dest(&spec.dest, kind)?,
         }
     }

@@ -70,6 +70,7 @@ fn allowed(kind: OutputKind) -> &'static [(&'static str, Option<&'static [&'stat
         OutputKind::Erofs => &[("compression", Some(&["lz4", "lz4hc", "none"]))],
         OutputKind::Squashfs => &[("compression", Some(&["gzip", "xz", "zstd", "lz4"]))],
         OutputKind::Oci => &[("tag", None)],
+        OutputKind::Sbom => &[("format", Some(&["spdx", "cyclonedx"]))],
     }
 }
 
@@ -270,13 +271,21 @@ impl OutputSpec {
             OutputKind::Squashfs => Box::new(SquashfsExporter {
                 compression: opt("compression"),
             }),
-            OutputKind::Oci => return None,
+            OutputKind::Oci | OutputKind::Sbom => return None,
         })
     }
 
     /// `force=true` on a `dir` output.
     pub fn force(&self) -> bool {
         self.options.get("force").map(String::as_str) == Some("true")
+    }
+
+    /// The format of an `sbom` output (default SPDX).
+    pub fn sbom_format(&self) -> crate::sbom::Format {
+        self.options
+            .get("format")
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_default()
     }
 
     /// The tag of an `oci` output.
@@ -310,7 +319,10 @@ mod tests {
     fn unknown_type_lists_the_valid_ones() {
         let e = parse("type=vfat,dest=x").unwrap_err().to_string();
         assert!(e.contains("unknown type \"vfat\""), "{e}");
-        assert!(e.contains("tar, dir, ext4, erofs, squashfs, oci"), "{e}");
+        assert!(
+            e.contains("tar, dir, ext4, erofs, squashfs, oci, sbom"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -395,6 +407,13 @@ mod tests {
         assert!(parse("type=oci,dest=x,tag=a/b").is_err());
         assert!(parse("type=ext4,dest=x,inodes=lots").is_err());
         assert!(parse("type=ext4,dest=x,inodes=65536").is_ok());
+        let sbom = parse("type=sbom,dest=x.json,format=cyclonedx").unwrap();
+        assert_eq!(sbom.sbom_format(), crate::sbom::Format::CycloneDx);
+        assert_eq!(
+            parse("type=sbom,dest=x.json").unwrap().sbom_format(),
+            crate::sbom::Format::Spdx
+        );
+        assert!(parse("type=sbom,dest=x,format=swid").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! chosen by magic bytes for layers read back.
 
 use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
 
 use flate2::{Compression as GzLevel, GzBuilder};
 
@@ -117,6 +118,28 @@ impl<W: Write> Write for BlobSink<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.enc.flush()
+    }
+}
+
+/// A reader that the decompressor owns and the caller can still drain
+/// afterwards (so a verifying blob reader sees its end and checks the digest).
+pub(crate) struct Shared<R>(pub(crate) Arc<Mutex<R>>);
+
+impl<R> Shared<R> {
+    pub(crate) fn new(r: R) -> Self {
+        Shared(Arc::new(Mutex::new(r)))
+    }
+}
+
+impl<R> Clone for Shared<R> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<R: Read> Read for Shared<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).read(buf)
     }
 }
 

@@ -116,7 +116,19 @@ pub(crate) fn is_virtual(p: &[u8]) -> bool {
 impl LayerIndex {
     /// Read an uncompressed layer tar.
     pub fn read(tar: impl Read) -> io::Result<Self> {
+        Ok(Self::read_capturing(tar, &|_| false)?.0)
+    }
+
+    /// [`LayerIndex::read`], also keeping the bytes of the regular files
+    /// whose paths `keep` picks (the SBOM reads dpkg's database from the
+    /// same pass that hashes every file).
+    #[allow(clippy::type_complexity)]
+    pub fn read_capturing(
+        tar: impl Read,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> io::Result<(Self, Vec<(Vec<u8>, Vec<u8>)>)> {
         let mut out = LayerIndex::default();
+        let mut kept = Vec::new();
         let mut ar = tar::Archive::new(tar);
         for entry in ar.entries()? {
             let mut e = entry?;
@@ -169,6 +181,14 @@ impl LayerIndex {
                     NodeKind::Block { major, minor }
                 }
                 tar::EntryType::Fifo => NodeKind::Fifo,
+                _ if keep(&path) => {
+                    let mut bytes = Vec::new();
+                    e.read_to_end(&mut bytes)?;
+                    let sha256 = Sha256::digest(&bytes).into();
+                    let size = bytes.len() as u64;
+                    kept.push((path.clone(), bytes));
+                    NodeKind::File { size, sha256 }
+                }
                 _ => {
                     let mut hasher = Sha256::new();
                     let size = io::copy(&mut e, &mut HashWriter(&mut hasher))?;
@@ -190,7 +210,7 @@ impl LayerIndex {
                 },
             ));
         }
-        Ok(out)
+        Ok((out, kept))
     }
 }
 

@@ -33,7 +33,9 @@ use crate::oci::{Compression, Digest};
 pub use apply::{apply_layer, ApplyReport};
 pub use changeset::{ChangeKind, ChangeSet};
 pub use compress::decompress;
-pub use index::{LayerIndex, TreeIndex};
+pub(crate) use compress::Shared;
+pub(crate) use index::clean_path;
+pub use index::{IndexEntry, LayerIndex, NodeKind, TreeIndex};
 pub use write::write_dir;
 pub use write_diff::write_changes;
 

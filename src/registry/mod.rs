@@ -17,6 +17,7 @@ mod blob;
 mod client;
 mod credentials;
 mod error;
+mod referrers;
 mod retry;
 mod settings;
 mod transport;

@@ -60,9 +60,13 @@ pub fn read_layout_image(
             None => d.annotations.get(REF_NAME).map(String::as_str) == Some(tag),
         })
         .or_else(|| {
-            // A layout holding exactly one untagged image: take it, like skopeo.
-            (digest.is_none() && tag == "latest" && index.manifests.len() == 1)
-                .then(|| &index.manifests[0])
+            // A layout holding exactly one untagged image: take it, like
+            // skopeo. Artifacts beside it (SBOMs, provenance) do not count.
+            let mut images = index.manifests.iter().filter(|d| d.artifact_type.is_none());
+            match (digest, tag, images.next(), images.next()) {
+                (None, "latest", Some(only), None) => Some(only),
+                _ => None,
+            }
         })
         .ok_or_else(|| TransferError::LayoutTagMissing {
             dir: dir.display().to_string(),

@@ -1,0 +1,73 @@
+//! What the user means by a REF argument (`export`, `copy`, `pull`,
+//! `template inspect`, `sbom`): an image this machine built, by its name,
+//! a tag it published or its digest (see [`transfer::local`]), else a
+//! registry reference or an OCI layout.
+
+use anyhow::Context as _;
+
+use super::template::parse_target;
+use super::{parse_platform, Context, Failure};
+use crate::oci::Target;
+use crate::transfer;
+
+/// A REF argument resolved to one image for `--platform` (manifest and
+/// config in the store), where it lives, and the client that reached it.
+/// An image found in the store is a layout target at the store's folder.
+pub async fn resolve_arg(
+    ctx: &Context,
+    typed: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<(Target, crate::registry::Client, transfer::Resolved)> {
+    let client = ctx.client()?;
+    if let Some(local) = transfer::local::find(&ctx.store, typed).map_err(local_error)? {
+        let target = Target::Layout {
+            dir: ctx.store.root().to_path_buf(),
+            tag: typed.to_string(),
+            digest: Some(local.image.digest()),
+        };
+        return Ok((target, client, local));
+    }
+    if typed.trim_start_matches('@').starts_with("sha256:") {
+        return Err(Failure::bad_input(format!(
+            "no image with digest {typed} was built or pulled on this machine"
+        ))
+        .with_hint(
+            "`tplbuild images` lists what the store holds; a registry image is HOST[:PORT]/REPO@sha256:…",
+        )
+        .into());
+    }
+    let not_here = |e: anyhow::Error| {
+        match looks_local(typed) {
+        true => e.context(
+            Failure::bad_input(format!(
+                "no image named {typed:?} was built on this machine, and no registry has it"
+            ))
+            .with_hint(
+                "`tplbuild images` lists what this machine built; name a registry image as HOST[:PORT]/REPO[:TAG]",
+            ),
+        ),
+        false => e,
+    }
+    };
+    let target = parse_target(typed).map_err(not_here)?;
+    let platform = parse_platform(platform)?;
+    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
+        .await
+        .with_context(|| format!("reading {target}"))
+        .map_err(not_here)?;
+    Ok((target, client, resolved))
+}
+
+/// A name with no registry host: what only the store can hold.
+fn looks_local(typed: &str) -> bool {
+    !(typed.contains('/') || typed.starts_with("oci:"))
+}
+
+fn local_error(e: transfer::local::LocalError) -> anyhow::Error {
+    match e {
+        transfer::local::LocalError::Ambiguous { .. } => Failure::bad_input(e.to_string())
+            .with_hint("type more digits of the digest")
+            .into(),
+        e => e.into(),
+    }
+}
