@@ -47,7 +47,9 @@ pub async fn build_cmd(ctx: &Context, a: BuildArgs) -> anyhow::Result<()> {
 
 async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
     let bf = std::mem::take(&mut a.path);
-    let req = BuildRequest {
+    let platforms = super::parse_platforms(a.bf.platform.as_deref())?;
+    a.bf.platform = Some(platforms[0].to_string());
+    let mut req = BuildRequest {
         buildfile: a.bf.with_path(bf)?.spec()?,
         options: BuildOptions {
             engine: a.engine.choice(),
@@ -81,6 +83,10 @@ async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
         a.progress
     });
     let client = ctx.client()?;
+    if platforms.len() > 1 {
+        return build_platforms(ctx, &client, req, &platforms, &mut progress).await;
+    }
+    req.outputs = build::multi::outputs_for(&req.outputs, &platforms[0], false)?;
     let report = match job::run(&ctx.store, &client, req, &mut progress).await {
         Ok(r) => r,
         Err(e) => return Err(explain_failure(e, &progress)),
@@ -95,6 +101,43 @@ async fn build(ctx: &Context, mut a: BuildArgs) -> anyhow::Result<String> {
     let digest = report.built.image.digest().to_string();
     if !progress.is_json() {
         println!("{digest}");
+    }
+    Ok(digest)
+}
+
+/// `--platform A,B`: one build per platform, one index per tag. Prints
+/// each platform's digest (and the index's, when tagged).
+async fn build_platforms(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    req: BuildRequest,
+    platforms: &[crate::oci::Platform],
+    progress: &mut Progress,
+) -> anyhow::Result<String> {
+    let report = match build::multi::run(&ctx.store, client, req, platforms, progress).await {
+        Ok(r) => r,
+        Err(e) => return Err(explain_failure(e, progress)),
+    };
+    let tags: Vec<String> = report
+        .published
+        .iter()
+        .map(|(t, _)| t.to_string())
+        .collect();
+    for (platform, r) in &report.platforms {
+        let (v, text) = build::summary(&r.built, &tags);
+        progress.summary(v, &format!("{platform}: {text}"));
+        if !progress.is_json() {
+            println!("{} {platform}", r.built.image.digest());
+        }
+    }
+    let digest = match report.published.first() {
+        Some((_, d)) => d.to_string(),
+        None => report.platforms[0].1.built.image.digest().to_string(),
+    };
+    if !progress.is_json() {
+        for (t, d) in &report.published {
+            println!("{d} {t}");
+        }
     }
     Ok(digest)
 }
