@@ -423,7 +423,8 @@ fn locked_script(kind: &StepKind, locked: &crate::lockfile::LockedStep) -> Strin
                 .filter(|n| !asked.contains(n))
                 .collect();
             let mut s = format!(
-                "set -e; apt-get install -y --no-install-recommends /{DEB_DIR}/*.deb; rm -rf /{DEB_DIR}"
+                "set -e; apt-get install -y {} --no-install-recommends /{DEB_DIR}/*.deb; rm -rf /{DEB_DIR}",
+                crate::plan::DPKG_UNSAFE_IO
             );
             if !auto.is_empty() {
                 s.push_str(&format!("; apt-mark auto {} >/dev/null", auto.join(" ")));
