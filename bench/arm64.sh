@@ -31,14 +31,7 @@ rm -rf "${WORK:?}/home-import"
 CTX="$WORK/gateway-docker"
 gateway_dockerfiles "$CTX" "$BASE"
 
-clean_docker() {
-  local tags
-  mapfile -t tags < <(bench_docker images --format '{{.Repository}}:{{.Tag}}' \
-    | grep -E "^(tplbuild/state:|tplbuild/layer:|bench/gateway-arm64-bk:|${BASE//./\\.}\$)" || true)
-  [ ${#tags[@]} -eq 0 ] || bench_docker rmi "${tags[@]}" >/dev/null 2>&1 || true
-  bench_docker builder prune -af >/dev/null
-  [ "${BENCH_ENGINES:-private}" = shared ] || bench_docker image prune -af >/dev/null
-}
+clean_docker() { bench_clean_docker "^(tplbuild/state:|tplbuild/layer:|bench/gateway-arm64-bk:|${BASE//./\\.}\$)"; }
 
 TPL_DOCKER=(env TPLBUILD_HOME="$WORK/home-docker" DOCKER_HOST="$DOCKER_SOCK"
   "${TPL[@]}" build -f "$BUILDFILE" --build-arg "BASE=$BASE" --platform linux/arm64

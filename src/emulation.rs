@@ -279,6 +279,13 @@ mod tests {
     }
 
     #[test]
+    fn exec_format_error_in_a_step_gets_the_install_hint() {
+        let line = "exec /bin/sh: exec format error";
+        assert_eq!(hint_for_output(line), Some(INSTALL_HINT));
+        assert_eq!(hint_for_output("E: Unable to locate package hello"), None);
+    }
+
+    #[test]
     fn native_platforms_need_no_handler() {
         let empty = tempfile::tempdir().unwrap();
         check(&p("linux/amd64"), &p("linux/amd64"), empty.path()).unwrap();

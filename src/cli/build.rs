@@ -155,14 +155,19 @@ fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
             }
             eprintln!("---");
         }
-        // A foreign binary the kernel could not run (a remote engine's
-        // host has no qemu handler; local ones are checked up front).
-        if let Some(hint) = tail
-            .iter()
-            .find_map(|l| crate::emulation::hint_for_output(l))
-        {
-            return e.context(Failure::failed("the step's binaries could not run").with_hint(hint));
-        }
+    }
+    // A foreign binary the kernel could not run (a remote engine's host
+    // has no qemu handler; local ones are checked up front): Docker says
+    // so in the step's output, Podman in its error for the start.
+    let said: Vec<String> = match e.downcast_ref::<BuildError>() {
+        Some(BuildError::StepFailed { tail, .. }) => tail.clone(),
+        _ => e.chain().map(|c| c.to_string()).collect(),
+    };
+    if let Some(hint) = said
+        .iter()
+        .find_map(|l| crate::emulation::hint_for_output(l))
+    {
+        return e.context(Failure::failed("the step's binaries could not run").with_hint(hint));
     }
     let interrupted = match e.downcast_ref::<BuildError>() {
         Some(BuildError::Interrupted(i)) => Some(i.exit_code),
