@@ -85,8 +85,10 @@ pub struct BuildfileArgs {
     /// Set an ARG (repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE")]
     pub build_args: Vec<String>,
-    /// Platform of the template to use (default: the host's).
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    /// Platform of the template to use (default: the host's). `build`,
+    /// `lock` and `fetch` take a list (linux/amd64,linux/arm64) and act on
+    /// each platform; foreign ones run under qemu-user (docs/platforms.md).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT][,…]")]
     pub platform: Option<String>,
 }
 
