@@ -54,6 +54,11 @@ fn multi_template(what: &str) -> Option<String> {
     )
 }
 
+/// A fresh store and folder, once the two-platform template is there.
+fn env_with_template(what: &str) -> Option<Env> {
+    multi_template(what).map(|_| Env::new())
+}
+
 fn base_arg() -> String {
     format!("BASE={MULTI}")
 }
@@ -175,10 +180,9 @@ fn hello_arch_in_ext4(img: &Path) -> String {
 /// of it, and a two-platform build whose arm64 half hits that store.
 #[test]
 fn arm64_builds_alike_on_docker_and_podman_run_aarch64_and_publish_one_index() {
-    if multi_template("arm64 builds").is_none() {
+    let Some(docker) = env_with_template("arm64 builds") else {
         return;
-    }
-    let docker = Env::new();
+    };
     let out = docker.path("out");
     let d1 = build_arm64(&docker, &minimal(), "docker", &out);
     let file = sh_ok(&format!("file {}", out.join("usr/bin/hello").display()));
@@ -275,10 +279,9 @@ fn arm64_builds_alike_on_docker_and_podman_run_aarch64_and_publish_one_index() {
 
 #[test]
 fn a_platform_the_template_lacks_is_named_with_those_it_has() {
-    if multi_template("--platform linux/s390x").is_none() {
+    let Some(env) = env_with_template("--platform linux/s390x") else {
         return;
-    }
-    let env = Env::new();
+    };
     let o = env.run(&[
         "build",
         "-f",
@@ -301,10 +304,9 @@ fn a_platform_the_template_lacks_is_named_with_those_it_has() {
 
 #[test]
 fn a_kernel_without_a_qemu_handler_stops_with_the_install_hint() {
-    if multi_template("the binfmt check").is_none() {
+    let Some(env) = env_with_template("the binfmt check") else {
         return;
-    }
-    let env = Env::new();
+    };
     let empty = env.path("binfmt");
     fs_err::create_dir_all(&empty).unwrap();
     let o = env
@@ -326,10 +328,9 @@ fn a_kernel_without_a_qemu_handler_stops_with_the_install_hint() {
 
 #[test]
 fn a_locked_arm64_build_offline_installs_the_arm64_lock() {
-    if multi_template("a locked arm64 build").is_none() {
+    let Some(env) = env_with_template("a locked arm64 build") else {
         return;
-    }
-    let env = Env::new();
+    };
     let dir = env.path("bf");
     fs_err::create_dir_all(&dir).unwrap();
     let f = dir.join("Buildfile");
