@@ -34,14 +34,7 @@ bench_gateway_setup
 
 # Remove by tag, never by force: in shared mode other tags of the same image
 # stay. The private engines are all ours, so there we prune everything.
-clean_docker() {
-  local tags
-  mapfile -t tags < <(bench_docker images --format '{{.Repository}}:{{.Tag}}' \
-    | grep -E "^(tplbuild/state:|bench/gateway-bk:|${BASE//./\\.}\$)" || true)
-  [ ${#tags[@]} -eq 0 ] || bench_docker rmi "${tags[@]}" >/dev/null 2>&1 || true
-  bench_docker builder prune -af >/dev/null
-  [ "${BENCH_ENGINES:-private}" = shared ] || bench_docker image prune -af >/dev/null
-}
+clean_docker() { bench_clean_docker "^(tplbuild/state:|bench/gateway-bk:|${BASE//./\\.}\$)"; }
 clean_podman() {
   local tags
   mapfile -t tags < <(bench_podman images --format '{{.Repository}}:{{.Tag}}' \

@@ -221,6 +221,18 @@ bench_engines_down() {
 }
 
 bench_docker() { "$DOCKER" -H "$DOCKER_SOCK" "$@"; }
+
+# bench_clean_docker TAG_REGEX: a cold Docker for the next run. Removes by
+# tag (matching TAG_REGEX), never by force: in shared mode other tags of
+# the same image stay. The private engines are all ours, so there we prune
+# everything, BuildKit's cache included.
+bench_clean_docker() {
+  local tags
+  mapfile -t tags < <(bench_docker images --format '{{.Repository}}:{{.Tag}}' | grep -E "$1" || true)
+  [ ${#tags[@]} -eq 0 ] || bench_docker rmi "${tags[@]}" >/dev/null 2>&1 || true
+  bench_docker builder prune -af >/dev/null
+  [ "${BENCH_ENGINES:-private}" = shared ] || bench_docker image prune -af >/dev/null
+}
 bench_podman() { CONTAINERS_CONF="$PODMAN_CONF" podman --remote --url "$PODMAN_SOCK" "$@"; }
 
 # gateway_dockerfiles DIR BASE: buildfiles/gateway as a Docker build context

@@ -11,6 +11,7 @@ pub mod build;
 pub mod buildfile;
 pub mod cache;
 pub mod cli;
+pub mod emulation;
 pub mod engine;
 pub mod epoch;
 pub mod export;

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::oci::Digest;
+use crate::oci::{Digest, Platform};
+
+/// The platform whose lockfile is plain `FILE.lock`.
+pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 
 /// The lockfile format this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -138,9 +141,26 @@ impl Lockfile {
         }
     }
 
-    /// `Buildfile` → `Buildfile.lock`, beside it.
+    /// `Buildfile` → `Buildfile.lock`, beside it: the linux/amd64 lockfile
+    /// (see [`Lockfile::path_for_platform`]).
     pub fn path_for(buildfile: &Path) -> PathBuf {
+        let amd64 = Platform::parse(DEFAULT_PLATFORM).expect("a valid platform");
+        Self::path_for_platform(buildfile, &amd64)
+    }
+
+    /// The lockfile beside `buildfile` for `platform`: `Buildfile.lock`
+    /// for linux/amd64 (where every lockfile before platforms came from),
+    /// `Buildfile.linux-arm64.lock` and so on for the others. Each
+    /// platform resolves its own packages (architectures differ, and so
+    /// may the package set), so each has its own file.
+    pub fn path_for_platform(buildfile: &Path, platform: &Platform) -> PathBuf {
         let mut s = buildfile.as_os_str().to_owned();
+        if !platform.matches(&Platform::parse(DEFAULT_PLATFORM).expect("a valid platform"))
+            || platform.variant.is_some()
+        {
+            s.push(".");
+            s.push(platform.to_string().replace('/', "-"));
+        }
         s.push(".lock");
         PathBuf::from(s)
     }

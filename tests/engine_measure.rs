@@ -149,6 +149,7 @@ async fn run_script(
         env: vec!["DEBIAN_FRONTEND=noninteractive".into()],
         script: script.map(Into::into),
         network,
+        platform: None,
     };
     let t = Instant::now();
     let c = engine.create(&spec).await.unwrap();

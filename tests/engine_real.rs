@@ -188,6 +188,7 @@ async fn run_streams_stdout_and_stderr_lines_passes_env_and_returns_the_exit_cod
             env: vec!["GREETING=hello world".into()],
             script: Some("echo \"$GREETING\"; echo to-stderr >&2; pwd; id -u; exit 7".into()),
             network: Network::None,
+            platform: None,
         };
         let guard = ContainerGuard::new(&engine, engine.create(&spec).await.unwrap());
         let mut lines = Vec::new();

@@ -94,6 +94,7 @@ fn echo_spec(image: String, marker: &str) -> ContainerSpec {
         env: vec![format!("MARKER={marker}")],
         script: Some("echo \"$MARKER\"".into()),
         network: Network::None,
+        platform: None,
     }
 }
 

@@ -114,6 +114,11 @@ fn every_help_example_runs_as_printed() {
     // What `mmdebstrap --variant=minbase bookworm rootfs.tar` makes: the
     // test bed made it already.
     std::os::unix::fs::symlink(common::rootfs_tar().unwrap(), work.join("rootfs.tar")).unwrap();
+    // The multi-platform import's two rootfs: the test bed caches both.
+    std::os::unix::fs::symlink(common::rootfs_tar().unwrap(), work.join("amd64.tar")).unwrap();
+    let arm64 = std::env::var("TPLBUILD_TEST_ARM64_ROOTFS_TAR")
+        .unwrap_or_else(|_| "/var/lib/tplbuild-testbed/cache/bookworm-minbase-arm64.tar".into());
+    std::os::unix::fs::symlink(arm64, work.join("arm64.tar")).unwrap();
     let bin = std::path::PathBuf::from(common::bin());
     let path = format!(
         "{}:{}",

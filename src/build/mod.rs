@@ -8,6 +8,7 @@
 
 pub mod diff;
 pub mod job;
+pub mod multi;
 pub mod prepare;
 pub mod run;
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub async fn locked_plan(
     spec: &BuildfileSpec,
     offline: bool,
 ) -> anyhow::Result<(Plan, Vec<String>)> {
-    let lock_path = Lockfile::path_for(&spec.file);
+    let lock_path = Lockfile::path_for_platform(&spec.file, &spec.platform);
     if !lock_path.exists() {
         let plan = make(store, client, spec, !offline, offline).await?;
         let warnings = unused_args(spec, &plan);

@@ -15,6 +15,7 @@ use crate::engine::{
     self, run_container, Container, ContainerSpec, ContainerWork, DiffChoice, DiffSource,
     StepEngine,
 };
+use crate::failure::Failure;
 use crate::image::Image;
 use crate::layer::{self, Hygiene, LayerOptions};
 use crate::oci::{Compression, Descriptor, Digest};
@@ -48,6 +49,8 @@ pub struct Runner {
     indexes: tokio::sync::Mutex<super::diff::Indexes>,
     pub containers_created: usize,
     state: EngineState,
+    /// The platform whose emulation was found to work (checked once).
+    emulation_ok: Option<crate::oci::Platform>,
 }
 
 impl Runner {
@@ -77,6 +80,7 @@ impl Runner {
             indexes: Default::default(),
             containers_created: 0,
             state: EngineState::default(),
+            emulation_ok: None,
         }
     }
 
@@ -100,6 +104,7 @@ impl Runner {
             text: step.text.clone(),
             source: e,
         };
+        self.check_emulation(&plan.platform).map_err(wrap)?;
         if let StepKind::Copy { chown: Some(c), .. } = &step.kind {
             if c.split(':').any(|part| part.parse::<u32>().is_err()) {
                 // Names are looked up in the parent's /etc/passwd and /etc/group.
@@ -129,6 +134,7 @@ impl Runner {
             env,
             script,
             network,
+            platform: Some(plan.platform.clone()),
         };
         // The parent as metadata, to make the step's layer canonical.
         let tree = {
@@ -170,6 +176,30 @@ impl Runner {
                 Err(e) => wrap(e).into(),
             },
         })
+    }
+
+    /// Before the first step for a foreign platform, check that the kernel
+    /// can run its binaries (see [`crate::emulation`]). Only for a local
+    /// engine: a remote one runs on a kernel we cannot read, and a step
+    /// failing there with "exec format error" gets the same hint.
+    fn check_emulation(&mut self, platform: &crate::oci::Platform) -> anyhow::Result<()> {
+        if self.emulation_ok.as_ref() == Some(platform) {
+            return Ok(());
+        }
+        let host = crate::oci::Platform::host();
+        if self.engine.info().host.starts_with("unix://") {
+            let dir = crate::emulation::binfmt_dir();
+            if let Err(e) = crate::emulation::check(platform, &host, &dir) {
+                let hint = e.hint();
+                return Err(anyhow::Error::new(
+                    Failure::failed(e.to_string()).with_hint(hint),
+                ));
+            }
+        } else if !crate::emulation::is_native(platform, &host) {
+            tracing::debug!("{platform} on a remote engine: its binfmt handlers are not checked");
+        }
+        self.emulation_ok = Some(platform.clone());
+        Ok(())
     }
 
     /// The step's work in its container: feed it, run it, read its
@@ -399,7 +429,8 @@ fn locked_script(kind: &StepKind, locked: &crate::lockfile::LockedStep) -> Strin
                 .filter(|n| !asked.contains(n))
                 .collect();
             let mut s = format!(
-                "set -e; apt-get install -y --no-install-recommends /{DEB_DIR}/*.deb; rm -rf /{DEB_DIR}"
+                "set -e; apt-get install -y {} --no-install-recommends /{DEB_DIR}/*.deb; rm -rf /{DEB_DIR}",
+                crate::plan::DPKG_UNSAFE_IO
             );
             if !auto.is_empty() {
                 s.push_str(&format!("; apt-mark auto {} >/dev/null", auto.join(" ")));

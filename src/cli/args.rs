@@ -72,7 +72,7 @@ impl NetworkArg {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BuildfileArgs {
     /// The Buildfile; its folder is the context COPY reads from.
     #[arg(
@@ -85,8 +85,10 @@ pub struct BuildfileArgs {
     /// Set an ARG (repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE")]
     pub build_args: Vec<String>,
-    /// Platform of the template to use (default: the host's).
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    /// Platform of the template to use (default: the host's). `build`,
+    /// `lock` and `fetch` take a list (linux/amd64,linux/arm64) and act on
+    /// each platform; foreign ones run under qemu-user (docs/platforms.md).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT][,…]")]
     pub platform: Option<String>,
     /// Refuse a FROM image that this public key (PEM) has not signed
     /// (repeatable: any one of the keys will do). `require_signed` in the
@@ -122,6 +124,30 @@ impl BuildfileArgs {
             self.file = p;
         }
         Ok(self)
+    }
+
+    /// One copy of these flags per platform `--platform A,B` names (one
+    /// copy, unchanged, without a list), for commands that act on each
+    /// platform in turn (`lock`, `fetch`).
+    pub fn per_platform(&self) -> anyhow::Result<Vec<BuildfileArgs>> {
+        if !self.platform.as_deref().is_some_and(|p| p.contains(',')) {
+            return Ok(vec![self.clone()]);
+        }
+        Ok(super::parse_platforms(self.platform.as_deref())?
+            .into_iter()
+            .map(|p| BuildfileArgs {
+                platform: Some(p.to_string()),
+                ..self.clone()
+            })
+            .collect())
+    }
+
+    /// The lockfile for these flags' Buildfile and platform.
+    pub fn lock_path(&self) -> anyhow::Result<PathBuf> {
+        Ok(crate::lockfile::Lockfile::path_for_platform(
+            &self.buildfile(),
+            &parse_platform(self.platform.as_deref())?,
+        ))
     }
 
     /// The flags as the build module takes them.

@@ -59,7 +59,9 @@ async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyh
     let started = std::time::Instant::now();
     let bf = std::mem::take(&mut a.path);
     let signing = super::sign::load_signing_key(a.sign.as_deref(), "--sign")?;
-    let req = BuildRequest {
+    let platforms = super::parse_platforms(a.bf.platform.as_deref())?;
+    a.bf.platform = Some(platforms[0].to_string());
+    let mut req = BuildRequest {
         buildfile: a.bf.with_path(bf)?.spec()?,
         options: BuildOptions {
             engine: a.engine.choice(),
@@ -96,6 +98,19 @@ async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyh
         .into());
     }
     let client = ctx.client()?;
+    if platforms.len() > 1 {
+        return build_platforms(
+            ctx,
+            &client,
+            req,
+            &platforms,
+            progress,
+            signing.as_ref(),
+            started,
+        )
+        .await;
+    }
+    req.outputs = build::multi::outputs_for(&req.outputs, &platforms[0], false)?;
     let report = match job::run(&ctx.store, &client, req, progress).await {
         Ok(r) => r,
         Err(e) => return Err(explain_failure(e, progress)),
@@ -132,6 +147,55 @@ async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyh
     Ok(digest)
 }
 
+/// `--platform A,B`: one build per platform, one index per tag. Prints
+/// each platform's digest (and the index's, when tagged).
+async fn build_platforms(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    req: BuildRequest,
+    platforms: &[crate::oci::Platform],
+    progress: &mut Progress,
+    signing: Option<&crate::sign::PrivateKey>,
+    started: std::time::Instant,
+) -> anyhow::Result<String> {
+    let report = match build::multi::run(&ctx.store, client, req, platforms, progress).await {
+        Ok(r) => r,
+        Err(e) => return Err(explain_failure(e, progress)),
+    };
+    // The index each tag names is what --sign signs: cosign signs what a
+    // tag resolves to.
+    if let Some(key) = signing {
+        for (t, d) in &report.published {
+            if let Target::Registry(r) = t {
+                let line = super::sign::sign_and_report(client, r, d, key).await?;
+                progress.note("sign", &line);
+            }
+        }
+    }
+    let tags: Vec<String> = report
+        .published
+        .iter()
+        .map(|(t, _)| t.to_string())
+        .collect();
+    for (platform, r) in &report.platforms {
+        let (v, text) = build::summary(&r.built, &tags, started.elapsed());
+        progress.summary(v, &format!("{platform}: {text}"));
+        if !progress.is_json() {
+            println!("{} {platform}", r.built.image.digest());
+        }
+    }
+    let digest = match report.published.first() {
+        Some((_, d)) => d.to_string(),
+        None => report.platforms[0].1.built.image.digest().to_string(),
+    };
+    if !progress.is_json() {
+        for (t, d) in &report.published {
+            println!("{d} {t}");
+        }
+    }
+    Ok(digest)
+}
+
 /// Turn a failed step into the story a user needs: the location, the exit
 /// code and the last lines of output.
 fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
@@ -144,6 +208,19 @@ fn explain_failure(e: anyhow::Error, progress: &Progress) -> anyhow::Error {
     }) = e.downcast_ref::<BuildError>()
     {
         progress.step_failed(*step, location, text, *code, tail);
+    }
+    // A foreign binary the kernel could not run (a remote engine's host
+    // has no qemu handler; local ones are checked up front): Docker says
+    // so in the step's output, Podman in its error for the start.
+    let said: Vec<String> = match e.downcast_ref::<BuildError>() {
+        Some(BuildError::StepFailed { tail, .. }) => tail.clone(),
+        _ => e.chain().map(|c| c.to_string()).collect(),
+    };
+    if let Some(hint) = said
+        .iter()
+        .find_map(|l| crate::emulation::hint_for_output(l))
+    {
+        return e.context(Failure::failed("the step's binaries could not run").with_hint(hint));
     }
     let interrupted = match e.downcast_ref::<BuildError>() {
         Some(BuildError::Interrupted(i)) => Some(i.exit_code),

@@ -16,6 +16,7 @@ pub struct PullArgs {
     /// HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
     #[arg(value_name = "REF")]
     pub reference: String,
+    /// Only this platform of a multi-platform image (default: all of them).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
 }
@@ -31,6 +32,8 @@ pub struct CopyArgs {
     /// Destination: HOST/REPO:TAG or oci:DIR[:TAG].
     #[arg(value_name = "DEST")]
     pub dest: String,
+    /// Only this platform of a multi-platform image (default: all of them,
+    /// as one index).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
 }
@@ -63,7 +66,65 @@ async fn fetch_layers(
     .with_context(|| format!("reading the layers of {from}"))
 }
 
+/// Every platform of a multi-platform `target`, resolved and with all
+/// layers in the store; `None` when `target` is a single image.
+async fn fetch_every_platform(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    target: &Target,
+) -> anyhow::Result<Option<Vec<transfer::Resolved>>> {
+    let Some(entries) = transfer::index_entries(&ctx.store, client, target)
+        .await
+        .with_context(|| format!("reading {target}"))?
+    else {
+        return Ok(None);
+    };
+    let mut all = vec![];
+    for platform in entries.into_iter().filter_map(|d| d.platform) {
+        let resolved = transfer::resolve(&ctx.store, client, target, &platform)
+            .await
+            .with_context(|| format!("reading {target} for {platform}"))?;
+        fetch_layers(ctx, client, &resolved, &target.to_string()).await?;
+        all.push(resolved);
+    }
+    Ok(Some(all))
+}
+
+/// `pull`/`copy` without `--platform` of a multi-platform image: every platform.
+async fn every_platform(
+    ctx: &Context,
+    reference: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<Option<(Target, crate::registry::Client, Vec<transfer::Resolved>)>> {
+    // A platform asked for, or a build of this machine (one platform
+    // each): one image.
+    if platform.is_some()
+        || crate::transfer::local::find(&ctx.store, reference).is_ok_and(|l| l.is_some())
+    {
+        return Ok(None);
+    }
+    let target = parse_target(reference)?;
+    let client = ctx.client()?;
+    Ok(fetch_every_platform(ctx, &client, &target)
+        .await?
+        .map(|all| (target, client, all)))
+}
+
 pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
+    if let Some((target, _, all)) = every_platform(ctx, &a.reference, a.platform.as_deref()).await?
+    {
+        for r in &all {
+            eprintln!(
+                "pulled {} ({}, {})",
+                r.pinned,
+                r.image.config.platform(),
+                human_size(r.image.layers_size())
+            );
+            println!("{} {}", r.image.digest(), r.image.config.platform());
+        }
+        eprintln!("pulled every platform of {target}");
+        return Ok(());
+    }
     let resolved = fetch_whole(ctx, &a.reference, a.platform.as_deref()).await?;
     eprintln!(
         "pulled {} ({})",
@@ -76,6 +137,15 @@ pub async fn pull(ctx: &Context, a: PullArgs) -> anyhow::Result<()> {
 
 pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
     let dest = parse_target(&a.dest)?;
+    if let Some((src, client, all)) = every_platform(ctx, &a.source, a.platform.as_deref()).await? {
+        let images: Vec<_> = all.iter().map(|r| r.image.clone()).collect();
+        let digest = transfer::publish_index(&ctx.store, &client, &images, &dest, &|_| None)
+            .await
+            .with_context(|| format!("writing {dest}"))?;
+        eprintln!("copied {src} ({} platforms) to {dest}", images.len());
+        println!("{digest}");
+        return Ok(());
+    }
     let (_, client, resolved) =
         super::resolve::resolve_arg(ctx, &a.source, a.platform.as_deref()).await?;
     // Between repositories of one registry, blobs are mounted, not copied.

@@ -65,19 +65,27 @@ pub struct FetchArgs {
     pub cache_to: Option<String>,
 }
 
+/// `tplbuild lock`: each platform `--platform` names into its own file.
 pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
-    let path = Lockfile::path_for(&a.bf.buildfile());
+    for bf in a.bf.per_platform()? {
+        lock_one(ctx, &a, &bf).await?;
+    }
+    Ok(())
+}
+
+async fn lock_one(ctx: &Context, a: &LockArgs, bf: &BuildfileArgs) -> anyhow::Result<()> {
+    let path = bf.lock_path()?;
     let previous = if path.is_file() {
         Some(Lockfile::load(&path)?)
     } else {
         None
     };
-    let update = match a.update {
+    let update = match a.update.clone() {
         None => Update::Nothing,
         Some(v) if v.is_empty() => Update::All,
         Some(v) => Update::Only(v),
     };
-    let plan = make_plan(ctx, &a.bf).await?;
+    let plan = make_plan(ctx, bf).await?;
     if a.check {
         let Some(lock) = previous else {
             return Err(
@@ -98,7 +106,7 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
                 )
                 .into());
         }
-        println!("{} matches {}", path.display(), a.bf.buildfile().display());
+        println!("{} matches {}", path.display(), bf.buildfile().display());
         return Ok(());
     }
     let client = ctx.client()?;
@@ -159,8 +167,16 @@ pub async fn lock_cmd(ctx: &Context, a: LockArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tplbuild fetch`: the .debs of each platform's lockfile.
 pub async fn fetch_cmd(ctx: &Context, a: FetchArgs) -> anyhow::Result<()> {
-    let path = Lockfile::path_for(&a.bf.buildfile());
+    for bf in a.bf.per_platform()? {
+        fetch_one(ctx, &a, &bf).await?;
+    }
+    Ok(())
+}
+
+async fn fetch_one(ctx: &Context, a: &FetchArgs, bf: &BuildfileArgs) -> anyhow::Result<()> {
+    let path = bf.lock_path()?;
     if !path.is_file() {
         return Err(
             Failure::bad_input(format!("{} does not exist", path.display()))

@@ -156,9 +156,30 @@ impl Context {
     }
 }
 
+/// `--platform A,B` of `build`: one or more platforms, none twice.
+pub fn parse_platforms(s: Option<&str>) -> anyhow::Result<Vec<Platform>> {
+    let Some(s) = s else {
+        return Ok(vec![Platform::host()]);
+    };
+    let mut out: Vec<Platform> = vec![];
+    for one in s.split(',').map(str::trim) {
+        let p = parse_platform(Some(one))?;
+        if out.iter().any(|q| q.matches(&p)) {
+            return Err(Failure::bad_input(format!("--platform names {p} twice")).into());
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
 pub fn parse_platform(s: Option<&str>) -> anyhow::Result<Platform> {
     match s {
         None => Ok(Platform::host()),
+        Some(s) if s.contains(',') => Err(Failure::bad_input(format!(
+            "{s:?} names several platforms; this command takes one"
+        ))
+        .with_hint("`tplbuild build` takes a list, e.g. --platform linux/amd64,linux/arm64")
+        .into()),
         Some(s) => Platform::parse(s).ok_or_else(|| {
             Failure::bad_input(format!("invalid platform {s:?}"))
                 .with_hint("write it as OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm/v7")

@@ -15,19 +15,22 @@ use crate::transfer;
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
-    /// Turn a rootfs (folder or tarball) into a template image.
+    /// Turn a rootfs (folder or tarball) into a template image; several
+    /// rootfs (one per platform) into one multi-platform image.
     ///
-    /// SOURCE is a folder or a tarball (.tar, .tar.gz, .tar.zst, .tar.xz) as
+    /// Each SOURCE is a folder or a tarball (.tar, .tar.gz, .tar.zst, .tar.xz) as
     /// made by mmdebstrap, debootstrap or ISAR. The image has one
     /// deterministic layer (sorted entries, numeric owners, mtimes clamped
     /// to SOURCE_DATE_EPOCH when set), annotations for the Debian suite,
     /// architecture and package count, and the dpkg package list. Importing
-    /// the same SOURCE twice gives the same digest.
+    /// the same SOURCE twice gives the same digest. With several SOURCEs the
+    /// tag names an OCI image index with one manifest per platform.
     #[command(after_help = "Examples:\n  \
         mmdebstrap --variant=minbase bookworm rootfs.tar\n  \
         tplbuild template import rootfs.tar oci:./templates:base-1\n  \
         tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:2024.06 \\\n      \
-        --annotation org.opencontainers.image.version=2024.06")]
+        --annotation org.opencontainers.image.version=2024.06\n  \
+        tplbuild template import amd64.tar arm64.tar 127.0.0.1:5000/platform/multi:1")]
     Import(ImportArgs),
     /// Show a template's digest, platform, layers, annotations and packages.
     Inspect(InspectArgs),
@@ -35,17 +38,19 @@ pub enum TemplateCommand {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The rootfs: a folder or a tarball.
-    pub source: PathBuf,
+    /// The rootfs: a folder or a tarball; several for a multi-platform image.
+    #[arg(required = true, num_args = 1..)]
+    pub sources: Vec<PathBuf>,
     /// Where to write the image: HOST/REPO:TAG or oci:DIR[:TAG].
     #[arg(value_name = "REF")]
     pub reference: String,
     /// Add an annotation to the manifest (repeatable).
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotations: Vec<String>,
-    /// The platform of the rootfs (default: read from its dpkg database).
+    /// The platform of the rootfs (default: read from its dpkg database);
+    /// with several SOURCEs, once per SOURCE, in the same order.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    pub platform: Option<String>,
+    pub platform: Vec<String>,
     /// Import even if SOURCE has no os-release.
     #[arg(long)]
     pub force: bool,
@@ -64,7 +69,7 @@ pub struct ImportArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     tplbuild template inspect oci:./templates:base-1\n  \
-    tplbuild template inspect 127.0.0.1:5000/platform/base:1 --json")]
+    tplbuild template inspect 127.0.0.1:5000/platform/multi:1 --json")]
 pub struct InspectArgs {
     /// The template: HOST/REPO:TAG[@DIGEST] or oci:DIR[:TAG].
     #[arg(value_name = "REF")]
@@ -109,35 +114,93 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     let signing = super::sign::load_signing_key(a.sign.as_deref(), "--sign")?
         .map(|k| Ok::<_, anyhow::Error>((super::sign::registry_target(&target, "--sign")?, k)))
         .transpose()?;
-    let opts = ImportOptions {
-        annotations: parse_kv(&a.annotations, "annotation")?,
-        platform: a
-            .platform
-            .as_deref()
-            .map(|p| parse_platform(Some(p)))
-            .transpose()?,
-        force: a.force,
-        compression: if a.compression == "zstd" {
-            Compression::Zstd
-        } else {
-            Compression::Gzip
-        },
-    };
-    let store = ctx.store.clone();
-    let source = a.source.clone();
-    eprintln!("importing {} …", a.source.display());
+    if !a.platform.is_empty() && a.platform.len() != a.sources.len() {
+        return Err(Failure::bad_input(format!(
+            "{} --platform for {} rootfs",
+            a.platform.len(),
+            a.sources.len()
+        ))
+        .with_hint("give --platform once per rootfs, in the same order, or leave it out to read each rootfs' dpkg architecture")
+        .into());
+    }
+    let annotations = parse_kv(&a.annotations, "annotation")?;
     let started = std::time::Instant::now();
-    let imported = tokio::task::spawn_blocking(move || template::import(&store, &source, &opts))
+    let mut images = vec![];
+    for (i, source) in a.sources.iter().enumerate() {
+        let opts = ImportOptions {
+            annotations: annotations.clone(),
+            platform: a
+                .platform
+                .get(i)
+                .map(|p| parse_platform(Some(p)))
+                .transpose()?,
+            force: a.force,
+            compression: if a.compression == "zstd" {
+                Compression::Zstd
+            } else {
+                Compression::Gzip
+            },
+        };
+        images.push(import_one(ctx, source, opts).await?);
+    }
+    let client = ctx.client()?;
+    let digest = if images.len() == 1 {
+        transfer::publish(&ctx.store, &client, &images[0], &target, &|_| None).await
+    } else {
+        transfer::publish_index(&ctx.store, &client, &images, &target, &|_| None).await
+    }
+    .with_context(|| format!("writing the template to {target}"))?;
+    // Each platform's image gets the SBOM of its own rootfs.
+    for image in &images {
+        attach_sbom(
+            ctx,
+            &client,
+            image,
+            &target,
+            &image.digest(),
+            &a.sbom_formats,
+        )
+        .await?;
+    }
+    if let Some((repo, key)) = &signing {
+        eprintln!(
+            "{}",
+            super::sign::sign_and_report(&client, repo, &digest, key).await?
+        );
+    }
+    eprintln!(
+        "imported {target} ({}) in {:.1}s",
+        images
+            .iter()
+            .map(|i| i.config.platform().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{digest}");
+    Ok(())
+}
+
+/// Import one rootfs into the store; its image.
+async fn import_one(
+    ctx: &Context,
+    source: &std::path::Path,
+    opts: ImportOptions,
+) -> anyhow::Result<crate::image::Image> {
+    let store = ctx.store.clone();
+    eprintln!("importing {} …", source.display());
+    let started = std::time::Instant::now();
+    let src = source.to_path_buf();
+    let imported = tokio::task::spawn_blocking(move || template::import(&store, &src, &opts))
         .await?
         .map_err(|e| {
             let hint = match &e {
                 template::TemplateError::NotARootfs { .. } => {
                     Some("pass --force to import a folder or tarball that is not a Debian rootfs")
                 }
-                template::TemplateError::Missing { .. } => None,
                 _ => None,
             };
-            let mut f = Failure::failed(format!("importing {}", a.source.display()));
+            let mut f = Failure::failed(format!("importing {}", source.display()));
             if let Some(h) = hint {
                 f = f.with_hint(h);
                 f.code = super::exit::BAD_INPUT;
@@ -147,36 +210,17 @@ async fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     for w in &imported.warnings {
         eprintln!("warning: {w}");
     }
-    let client = ctx.client()?;
-    let digest = transfer::publish(&ctx.store, &client, &imported.image, &target, &|_| None)
-        .await
-        .with_context(|| format!("writing the template to {target}"))?;
-    attach_sbom(
-        ctx,
-        &client,
-        &imported.image,
-        &target,
-        &digest,
-        &a.sbom_formats,
-    )
-    .await?;
     let info = &imported.info;
     eprintln!(
-        "imported {} ({}, {} packages, {}) in {:.1}s",
-        target,
+        "imported {} ({}, {}, {} packages, {}) in {:.1}s",
+        source.display(),
+        imported.image.config.platform(),
         info.suite.as_deref().unwrap_or("unknown suite"),
         info.packages.len(),
         human_size(imported.image.layers_size()),
         started.elapsed().as_secs_f64()
     );
-    if let Some((repo, key)) = &signing {
-        eprintln!(
-            "{}",
-            super::sign::sign_and_report(&client, repo, &digest, key).await?
-        );
-    }
-    println!("{digest}");
-    Ok(())
+    Ok(imported.image)
 }
 
 /// The template's SBOM, attached where the template was written. Its one
@@ -214,8 +258,44 @@ async fn attach_sbom(
 }
 
 async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
-    let (target, _, resolved) =
-        super::resolve::resolve_arg(ctx, &a.reference, a.platform.as_deref()).await?;
+    let target = parse_target(&a.reference)?;
+    let client = ctx.client()?;
+    // A multi-platform template shows every platform unless one is asked for.
+    let platforms = match &a.platform {
+        Some(p) => vec![parse_platform(Some(p))?],
+        None => match transfer::index_entries(&ctx.store, &client, &target)
+            .await
+            .with_context(|| format!("reading {target}"))?
+        {
+            Some(entries) => entries.into_iter().filter_map(|d| d.platform).collect(),
+            None => vec![crate::oci::Platform::host()],
+        },
+    };
+    let mut shown = vec![];
+    for platform in &platforms {
+        shown.push(inspect_one(ctx, &client, &target, platform, a.json).await?);
+    }
+    if a.json {
+        let v = match <[_; 1]>::try_from(shown) {
+            Ok([one]) => one,
+            Err(all) => json!({ "reference": target.to_string(), "platforms": all }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+/// Print (or, for `json`, return) one platform's image of `target`.
+async fn inspect_one(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    target: &Target,
+    platform: &crate::oci::Platform,
+    as_json: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let resolved = transfer::resolve(&ctx.store, client, target, platform)
+        .await
+        .with_context(|| format!("reading {target}"))?;
     let image = &resolved.image;
     let packages = image.packages();
     let created = image
@@ -223,8 +303,8 @@ async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
         .created
         .clone()
         .or_else(|| image.annotations().get(keys::CREATED).cloned());
-    if a.json {
-        let v = json!({
+    if as_json {
+        return Ok(json!({
             "reference": target.to_string(),
             "digest": image.digest().to_string(),
             "mediaType": image.manifest.media_type,
@@ -236,9 +316,7 @@ async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "annotations": image.annotations(),
             "packages": packages,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        }));
     }
     println!("Reference:  {target}");
     println!("Digest:     {}", image.digest());
@@ -264,5 +342,6 @@ async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
     for p in &packages {
         println!("  {:<32} {:<28} {}", p.name, p.version, p.architecture);
     }
-    Ok(())
+    println!();
+    Ok(serde_json::Value::Null)
 }

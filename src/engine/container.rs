@@ -70,9 +70,17 @@ impl Engine {
             }),
             ..Default::default()
         };
+        let options = CreateContainerOptions {
+            name: None,
+            platform: spec
+                .platform
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+        };
         let created = self
             .docker
-            .create_container(None::<CreateContainerOptions>, body)
+            .create_container(Some(options), body)
             .await
             .map_err(EngineError::api(format!(
                 "creating a container from {}",

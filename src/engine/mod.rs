@@ -132,6 +132,10 @@ pub struct ContainerSpec {
     /// only written to through [`Engine::upload`] and never started.
     pub script: Option<String>,
     pub network: Network,
+    /// The image's platform, passed on create so that the engine picks
+    /// and runs it as that platform without a "does not match the host"
+    /// warning; `None` leaves it to the engine.
+    pub platform: Option<crate::oci::Platform>,
 }
 
 /// A created step container.

@@ -10,6 +10,9 @@ use super::{
     DirExporter, ErofsExporter, Exporter, Ext4Exporter, OutputKind, SquashfsExporter, TarExporter,
 };
 
+/// In `dest`, replaced by the platform (see [`OutputSpec::for_platform`]).
+pub const PLATFORM_PLACEHOLDER: &str = "{platform}";
+
 /// `-o type=T,dest=D[,k=v...]` as BuildKit's --output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputSpec {
@@ -42,6 +45,8 @@ pub enum SpecError {
         key: String,
         valid: String,
     },
+    #[error("output dest={dest}: every platform would write this one file")]
+    SharedDest { dest: String },
     #[error("output {spec:?}: {key}={value:?} is not one of {valid}")]
     BadValue {
         spec: String,
@@ -275,6 +280,35 @@ impl OutputSpec {
         })
     }
 
+    /// This output for one platform of a build: `{platform}` in `dest`
+    /// becomes e.g. `linux-arm64` (`linux-arm-v7`). When `several`
+    /// platforms are built and `dest` has no placeholder, a folder output
+    /// (`dir`, `oci`) gets one subfolder per platform; a file output would
+    /// be overwritten, so that is an error.
+    pub fn for_platform(
+        &self,
+        platform: &crate::oci::Platform,
+        several: bool,
+    ) -> Result<OutputSpec, SpecError> {
+        let name = platform.to_string().replace('/', "-");
+        let dest = self.dest.to_string_lossy();
+        let dest = if dest.contains(PLATFORM_PLACEHOLDER) {
+            PathBuf::from(dest.replace(PLATFORM_PLACEHOLDER, &name))
+        } else if !several {
+            self.dest.clone()
+        } else if matches!(self.kind, OutputKind::Dir | OutputKind::Oci) {
+            self.dest.join(name)
+        } else {
+            return Err(SpecError::SharedDest {
+                dest: dest.to_string(),
+            });
+        };
+        Ok(OutputSpec {
+            dest,
+            ..self.clone()
+        })
+    }
+
     /// `force=true` on a `dir` output.
     pub fn force(&self) -> bool {
         self.options.get("force").map(String::as_str) == Some("true")
@@ -303,6 +337,32 @@ mod tests {
 
     fn parse(s: &str) -> Result<OutputSpec, SpecError> {
         s.parse()
+    }
+
+    #[test]
+    fn platform_placeholder_and_one_folder_per_platform() {
+        let arm = crate::oci::Platform::parse("linux/arm/v7").unwrap();
+        let o = parse("type=ext4,dest=out/{platform}.ext4").unwrap();
+        let one = o.for_platform(&arm, true).unwrap();
+        assert_eq!(one.dest, PathBuf::from("out/linux-arm-v7.ext4"));
+        let d = parse("type=dir,dest=out").unwrap();
+        assert_eq!(
+            d.for_platform(&arm, true).unwrap().dest,
+            PathBuf::from("out/linux-arm-v7")
+        );
+        assert_eq!(
+            d.for_platform(&arm, false).unwrap().dest,
+            PathBuf::from("out")
+        );
+        let f = parse("type=ext4,dest=out.ext4").unwrap();
+        assert!(matches!(
+            f.for_platform(&arm, true),
+            Err(SpecError::SharedDest { .. })
+        ));
+        assert_eq!(
+            f.for_platform(&arm, false).unwrap().dest,
+            PathBuf::from("out.ext4")
+        );
     }
 
     #[test]

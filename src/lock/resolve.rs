@@ -240,6 +240,7 @@ pub async fn resolve(
         env: vec![],
         script: Some(script),
         network: Network::Host,
+        platform: Some(plan.platform.clone()),
     };
     let bundle = copy_bundle(store, plan)?;
     let bundle = bundle.as_ref().map(|b| b.path());

@@ -66,6 +66,14 @@ fn encoding_is_stable_whatever_the_input_order() {
 fn save_then_load_gives_the_same_lock() {
     let dir = tempfile::tempdir().unwrap();
     let path = Lockfile::path_for(&dir.path().join("Buildfile"));
+    assert!(path.ends_with("Buildfile.lock"));
+    let arm = crate::oci::Platform::parse("linux/arm/v7").unwrap();
+    let armhf = Lockfile::path_for_platform(&dir.path().join("Buildfile"), &arm);
+    assert!(
+        armhf.ends_with("Buildfile.linux-arm-v7.lock"),
+        "{}",
+        armhf.display()
+    );
     assert_eq!(path.file_name().unwrap(), "Buildfile.lock");
     let lock = sample(vec![pkg("hello", "2.10-3", 'b')]);
     lock.save(&path).unwrap();

@@ -67,7 +67,7 @@ impl StepKind {
                 packages,
                 recommends,
             } => Some(format!(
-                "set -e; apt-get update -qq; apt-get install -y {}{}",
+                "set -e; apt-get update -qq; apt-get install -y {DPKG_UNSAFE_IO} {}{}",
                 if *recommends {
                     ""
                 } else {
@@ -75,9 +75,10 @@ impl StepKind {
                 },
                 packages.join(" ")
             )),
-            StepKind::Remove { packages } => {
-                Some(format!("set -e; apt-get purge -y {}", packages.join(" ")))
-            }
+            StepKind::Remove { packages } => Some(format!(
+                "set -e; apt-get purge -y {DPKG_UNSAFE_IO} {}",
+                packages.join(" ")
+            )),
             StepKind::Run { script } => Some(script.clone()),
             StepKind::Copy { .. } => None,
         }
@@ -87,6 +88,15 @@ impl StepKind {
         matches!(self, StepKind::Install { .. } | StepKind::Remove { .. })
     }
 }
+
+/// Passed to apt in step containers: dpkg skips its fsync()s, as
+/// mmdebstrap does. A step's container is thrown away after its diff is
+/// read, so durability buys nothing, and the files dpkg writes are the same
+/// (the layer does not change); under qemu-user an arm64 `INSTALL
+/// openssh-server curl` unpacked and configured in 111 s with it, 172 s
+/// without (one loaded run each). Not part of any step key:
+/// it changes how, not what.
+pub const DPKG_UNSAFE_IO: &str = "-o Dpkg::Options::=--force-unsafe-io";
 
 /// The whole plan: the resolved base, the steps, and the metadata of the
 /// final image.

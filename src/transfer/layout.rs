@@ -44,6 +44,22 @@ pub fn read_layout_image(
     digest: Option<&Digest>,
     platform: &Platform,
 ) -> Result<Image, TransferError> {
+    let top = find_top(dir, tag, digest)?;
+    let what = format!("oci:{}:{tag}", dir.display());
+    let manifest_desc = select(store, dir, &top, platform, &what)?;
+    let manifest_bytes = read_small(store, dir, &manifest_desc)?;
+    let doc = ManifestDoc::parse(&manifest_bytes, Some(&manifest_desc.media_type))?;
+    let ManifestDoc::Image(manifest) = doc else {
+        return Err(TransferError::Manifest(
+            crate::oci::ManifestError::Unsupported("nested image index".into()),
+        ));
+    };
+    let config_bytes = read_small(store, dir, &manifest.config)?;
+    Ok(Image::from_parts(manifest_bytes, config_bytes)?)
+}
+
+/// The layout's `index.json` entry for `tag` (or `digest`).
+fn find_top(dir: &Path, tag: &str, digest: Option<&Digest>) -> Result<Descriptor, TransferError> {
     let index_path = dir.join("index.json");
     if !index_path.is_file() {
         return Err(TransferError::NotALayout {
@@ -80,17 +96,22 @@ pub fn read_layout_image(
                 .collect(),
         })?
         .clone();
-    let what = format!("oci:{}:{tag}", dir.display());
-    let manifest_desc = select(store, dir, &top, platform, &what)?;
-    let manifest_bytes = read_small(store, dir, &manifest_desc)?;
-    let doc = ManifestDoc::parse(&manifest_bytes, Some(&manifest_desc.media_type))?;
-    let ManifestDoc::Image(manifest) = doc else {
-        return Err(TransferError::Manifest(
-            crate::oci::ManifestError::Unsupported("nested image index".into()),
-        ));
-    };
-    let config_bytes = read_small(store, dir, &manifest.config)?;
-    Ok(Image::from_parts(manifest_bytes, config_bytes)?)
+    Ok(top)
+}
+
+/// The bytes of the multi-platform index tagged `tag` (or pinned by
+/// `digest`) in a layout; `None` when that is a single image.
+pub fn top_index(
+    store: &Store,
+    dir: &Path,
+    tag: &str,
+    digest: Option<&Digest>,
+) -> Result<Option<Vec<u8>>, TransferError> {
+    let top = find_top(dir, tag, digest)?;
+    if !top.media().is_index() {
+        return Ok(None);
+    }
+    Ok(Some(read_small(store, dir, &top)?))
 }
 
 /// Follow an index to the manifest for `platform`.
@@ -141,6 +162,40 @@ pub fn write_layout_image(
     dir: &Path,
     tag: &str,
 ) -> Result<(), TransferError> {
+    write_layout_blobs(store, image, dir)?;
+    set_name_in_layout(dir, tag, &image.descriptor())?;
+    Ok(())
+}
+
+/// Write a multi-platform index (its images' blobs first) into a layout
+/// under `tag`.
+pub fn write_layout_index(
+    store: &Store,
+    images: &[Image],
+    index_bytes: &[u8],
+    dir: &Path,
+    tag: &str,
+) -> Result<Descriptor, TransferError> {
+    for image in images {
+        write_layout_blobs(store, image, dir)?;
+    }
+    let desc = Descriptor::new(
+        crate::oci::MediaType::OCI_INDEX,
+        Digest::of(index_bytes),
+        index_bytes.len() as u64,
+    );
+    let dest = blob_path(dir, &desc.digest);
+    let mut tmp = tempfile::NamedTempFile::new_in(dir.join("blobs").join("sha256"))?;
+    tmp.write_all(index_bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&dest).map_err(|e| e.error)?;
+    set_name_in_layout(dir, tag, &desc)?;
+    Ok(desc)
+}
+
+/// An image's layers, config and manifest into a layout's blobs (those
+/// already there with the right size are kept).
+fn write_layout_blobs(store: &Store, image: &Image, dir: &Path) -> Result<(), TransferError> {
     fs_err::create_dir_all(dir.join("blobs").join("sha256"))?;
     fs_err::create_dir_all(dir.join("tmp"))?;
     let layout_file = dir.join("oci-layout");
@@ -182,6 +237,5 @@ pub fn write_layout_image(
         tmp.persist(&dest).map_err(|e| e.error)?;
     }
     let _ = fs_err::remove_dir(dir.join("tmp"));
-    set_name_in_layout(dir, tag, &image.descriptor())?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! from a layout or a registry lands under its digest only if it hashes to
 //! it.
 
+mod index;
 mod layout;
 pub mod local;
 mod remote;
@@ -12,6 +13,7 @@ use crate::oci::{Descriptor, Digest, ManifestError, Reference, Target};
 use crate::registry::{Client, RegistryError};
 use crate::store::{Store, StoreError};
 
+pub use index::{index_bytes, index_entries, publish_index, IndexError};
 pub use layout::{read_layout_image, write_layout_image};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum TransferError {
         wanted: String,
         available: String,
     },
+    #[error(transparent)]
+    Index(#[from] IndexError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
