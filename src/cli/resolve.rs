@@ -3,8 +3,6 @@
 //! a tag it published or its digest (see [`transfer::local`]), else a
 //! registry reference or an OCI layout.
 
-use anyhow::Context as _;
-
 use super::template::parse_target;
 use super::{parse_platform, Context, Failure};
 use crate::oci::Target;
@@ -19,13 +17,20 @@ pub async fn resolve_arg(
     platform: Option<&str>,
 ) -> anyhow::Result<(Target, crate::registry::Client, transfer::Resolved)> {
     let client = ctx.client()?;
-    if let Some(local) = transfer::local::find(&ctx.store, typed).map_err(local_error)? {
-        let target = Target::Layout {
-            dir: ctx.store.root().to_path_buf(),
-            tag: typed.to_string(),
-            digest: Some(local.image.digest()),
-        };
-        return Ok((target, client, local));
+    let in_store = |local: transfer::Resolved| Target::Layout {
+        dir: ctx.store.root().to_path_buf(),
+        tag: typed.to_string(),
+        digest: Some(local.image.digest()),
+    };
+    // A digest or a bare name is this machine's; a registry reference is
+    // the registry's (its referrers, its current tag), and the copy this
+    // machine pushed there only stands in when the registry cannot answer.
+    let local = transfer::local::find(&ctx.store, typed).map_err(local_error)?;
+    let digest_typed = typed.trim_start_matches('@').starts_with("sha256:");
+    if digest_typed || looks_local(typed) {
+        if let Some(local) = local {
+            return Ok((in_store(local.clone()), client, local));
+        }
     }
     if typed.trim_start_matches('@').starts_with("sha256:") {
         return Err(Failure::bad_input(format!(
@@ -51,10 +56,22 @@ pub async fn resolve_arg(
     };
     let target = parse_target(typed).map_err(not_here)?;
     let platform = parse_platform(platform)?;
-    let resolved = transfer::resolve(&ctx.store, &client, &target, &platform)
-        .await
-        .with_context(|| format!("reading {target}"))
-        .map_err(not_here)?;
+    let resolved = match transfer::resolve(&ctx.store, &client, &target, &platform).await {
+        Ok(r) => r,
+        Err(e) => match local {
+            Some(local) => {
+                eprintln!(
+                    "warning: reading {target} failed ({e}); using the image this machine built and pushed there"
+                );
+                return Ok((in_store(local.clone()), client, local));
+            }
+            None => {
+                return Err(not_here(
+                    anyhow::Error::new(e).context(format!("reading {target}")),
+                ))
+            }
+        },
+    };
     Ok((target, client, resolved))
 }
 

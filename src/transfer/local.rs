@@ -3,8 +3,9 @@
 //! without a registry.
 //!
 //! A build is recorded in the store's `index.json` as `build:NAME` (NAME is
-//! the Buildfile's folder, or the file's name when it is not called
-//! `Buildfile`) and under each `--tag`. Its layers are not all local: a
+//! the Buildfile's folder) and under each `--tag` as `tag:REF` (which a
+//! command uses only when that registry cannot answer: a registry
+//! reference means the registry). Its layers are not all local: a
 //! step found in a registry cache stays there until an output needs it. So
 //! the record carries, as an annotation, where each blob can be fetched
 //! from ([`Sources`]), and an export of a recorded build fetches what is
