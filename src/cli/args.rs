@@ -186,7 +186,8 @@ pub struct BuildArgs {
     /// Also push or write the result here (repeatable): HOST/REPO:TAG or oci:DIR[:TAG].
     #[arg(long = "tag", short = 't', value_name = "REF")]
     pub tags: Vec<String>,
-    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs,dest=PATH[,opt=value] (repeatable).
+    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs|disk,dest=PATH[,opt=value] (repeatable).
+    /// type=disk is a bootable GPT image: format=raw|qcow2, size=, rootfs=ext4|erofs, cmdline=.
     #[arg(long = "output", short = 'o', value_name = "type=T,dest=D")]
     pub outputs: Vec<String>,
     /// How to show progress.

@@ -130,12 +130,13 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     tplbuild export 127.0.0.1:5000/products/gateway:1 -o type=ext4,dest=gateway.ext4,size=1G\n  \
-    tplbuild export oci:./templates:base-1 -o type=tar,dest=base.tar.zst,compression=zstd -o type=dir,dest=rootfs")]
+    tplbuild export oci:./templates:base-1 -o type=tar,dest=base.tar.zst,compression=zstd -o type=dir,dest=rootfs\n  \
+    tplbuild export 127.0.0.1:5000/products/vm:1 -o type=disk,dest=vm.qcow2,format=qcow2,size=4G")]
 pub struct ExportArgs {
     /// Any image: a template, a built product, a Docker-built image.
     #[arg(value_name = "REF")]
     pub reference: String,
-    /// type=tar|dir|ext4|erofs|squashfs|oci,dest=PATH[,opt=value] (repeatable).
+    /// type=tar|dir|ext4|erofs|squashfs|disk|oci,dest=PATH[,opt=value] (repeatable).
     #[arg(
         long = "output",
         short = 'o',
