@@ -71,14 +71,6 @@ fn vm() -> Option<&'static Vm> {
     }))
 }
 
-fn sha(path: &Path) -> String {
-    sh_ok(&format!("sha256sum {}", path.display()))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// `sfdisk --json` of a disk image: the partitions, in table order.
 fn partitions(disk: &Path) -> Vec<serde_json::Value> {
     let json: serde_json::Value =
@@ -176,8 +168,12 @@ fn an_export_from_another_store_gives_the_same_raw_and_qcow2_bytes() {
         "-o",
         &format!("type=disk,dest={},format=qcow2,{POWEROFF}", qcow2.display()),
     ]);
-    assert_eq!(sha(&raw), sha(&vm.raw()), "raw disks differ");
-    assert_eq!(sha(&qcow2), sha(&vm.qcow2()), "qcow2 disks differ");
+    assert_eq!(sha256sum(&raw), sha256sum(&vm.raw()), "raw disks differ");
+    assert_eq!(
+        sha256sum(&qcow2),
+        sha256sum(&vm.qcow2()),
+        "qcow2 disks differ"
+    );
     // The qcow2 holds the same disk as the raw one.
     sh_ok(&format!(
         "qemu-img compare -f raw -F qcow2 {} {}",

@@ -10,26 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use super::boot::{Arch, Boot};
-use crate::export::tool::Tool;
+use crate::export::tool::{Tool, MCOPY, MKFS_VFAT, MMD};
 use crate::export::ExportError;
-
-pub const MKFS_VFAT: Tool = Tool {
-    name: "mkfs.vfat",
-    package: "dosfstools",
-};
-/// Same package as mkfs.vfat, which has no version flag.
-pub const FATLABEL: Tool = Tool {
-    name: "fatlabel",
-    package: "dosfstools",
-};
-pub const MMD: Tool = Tool {
-    name: "mmd",
-    package: "mtools",
-};
-pub const MCOPY: Tool = Tool {
-    name: "mcopy",
-    package: "mtools",
-};
 
 const MIB: u64 = 1 << 20;
 

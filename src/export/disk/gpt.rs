@@ -8,13 +8,8 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::export::tool::Tool;
+use crate::export::tool::SFDISK;
 use crate::export::ExportError;
-
-pub const SFDISK: Tool = Tool {
-    name: "sfdisk",
-    package: "fdisk",
-};
 
 /// DPS / UEFI type of the EFI system partition.
 pub const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";

@@ -21,15 +21,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::ext4::derive_uuid;
-use super::tool::{Tool, MKE2FS};
+use super::tool::{Tool, FATLABEL, MCOPY, MKE2FS, QEMU_IMG, SFDISK};
 use super::{ErofsExporter, ExportContext, ExportError, Exporter, Ext4Exporter, OutputKind};
 use boot::{Arch, Boot};
 use gpt::{Ids, Layout, MIB};
-
-const QEMU_IMG: Tool = Tool {
-    name: "qemu-img",
-    package: "qemu-utils",
-};
 
 /// The file format of the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,9 +150,9 @@ impl Exporter for DiskExporter {
         );
         o.insert("rootfs".into(), self.rootfs.as_str().into());
         o.insert("cmdline".into(), self.cmdline.clone().unwrap_or_default());
-        o.insert("sfdisk".into(), version(&gpt::SFDISK, &["--version"]));
-        o.insert("dosfstools".into(), version(&esp::FATLABEL, &["--version"]));
-        o.insert("mtools".into(), version(&esp::MCOPY, &["--version"]));
+        o.insert("sfdisk".into(), version(&SFDISK, &["--version"]));
+        o.insert("dosfstools".into(), version(&FATLABEL, &["--version"]));
+        o.insert("mtools".into(), version(&MCOPY, &["--version"]));
         let root_tool = match self.rootfs {
             RootFs::Ext4 => version(&MKE2FS, &["-V"]),
             RootFs::Erofs => ErofsExporter {
