@@ -183,6 +183,35 @@ fn an_export_from_another_store_gives_the_same_raw_and_qcow2_bytes() {
 }
 
 #[test]
+fn an_erofs_root_of_a_given_disk_size_is_a_clean_erofs_mounted_read_only() {
+    let Some(vm) = vm() else { return };
+    let env = Env::new();
+    let disk = env.path("erofs.img");
+    env.ok(&[
+        "export",
+        &format!("oci:{}", vm.layout().display()),
+        "-o",
+        &format!("type=disk,dest={},rootfs=erofs,size=1500M", disk.display()),
+    ]);
+    assert_eq!(fs_err::metadata(&disk).unwrap().len(), 1500 << 20);
+    let parts = partitions(&disk);
+    assert_eq!(parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    // The root partition takes what the ESP and the tables leave.
+    let root_bytes = parts[1]["size"].as_u64().unwrap() * 512;
+    let esp_bytes = parts[0]["size"].as_u64().unwrap() * 512;
+    assert_eq!(root_bytes + esp_bytes + (2 << 20), 1500 << 20);
+    let root = env.path("root.erofs");
+    extract(&disk, &parts[1], &root);
+    sh_ok(&format!("fsck.erofs {}", root.display()));
+    let esp = env.path("esp.img");
+    extract(&disk, &parts[0], &esp);
+    let entries = sh_ok(&format!("mdir -/ -b -i {} ::loader/entries", esp.display()));
+    let entry = entries.lines().find(|l| l.ends_with(".conf")).unwrap();
+    let text = sh_ok(&format!("mtype -i {} '{entry}'", esp.display()));
+    assert!(text.contains(" ro console=ttyS0"), "{text}");
+}
+
+#[test]
 fn the_disk_boots_under_ovmf_to_the_images_self_test_line() {
     let Some(vm) = vm() else { return };
     let log = vm.env.path("boot.log");

@@ -217,7 +217,7 @@ fn check_value(spec: &str, key: &str, value: &str) -> Result<(), SpecError> {
                 value: value.to_string(),
             })?;
             if size < 8 * 1024 * 1024 {
-                return Err(invalid("an ext4 image needs at least 8M"));
+                return Err(invalid("an ext4 or disk image needs at least 8M"));
             }
         }
         // ext4 keeps 16 bytes of label.
