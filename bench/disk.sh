@@ -17,6 +17,9 @@
 # tplbuild, not timed) and sizes the ext4 and the ESP as tplbuild does, so
 # both write the same amount. tplbuild: each run starts from a copy of
 # the warm TPLBUILD_HOME, which holds no export.
+#
+# BENCH_ENGINES=shared is safe here: this script removes no image or
+# cache from the engine (it only runs the warm-up build on it).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
