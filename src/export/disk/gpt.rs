@@ -1,8 +1,8 @@
 //! The GPT disk: where the partitions go, the partition table written by
 //! `sfdisk` onto a regular file (every identifier given, so the table is a
-//! function of the layout), and the partition images copied in at their
-//! offsets. Zero runs are skipped, so the disk stays as sparse as its
-//! parts.
+//! function of the layout), and partition images copied in at their
+//! offsets (zero runs skipped, so the disk stays as sparse as its parts).
+//! An ext4 root is not copied: mke2fs writes it in place.
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -79,24 +79,26 @@ pub struct Ids {
     pub root: String,
 }
 
-/// Write the disk image `dest`: a file of `layout.total` bytes, its GPT,
-/// the ESP image and the root filesystem image at their offsets.
-pub fn write_disk(
-    dest: &Path,
-    layout: &Layout,
-    ids: &Ids,
-    root_type: &str,
-    esp: &Path,
-    root: &Path,
-) -> Result<(), ExportError> {
+/// A zero-filled (sparse) disk image file of `total` bytes.
+pub fn create(dest: &Path, total: u64) -> Result<fs_err::File, ExportError> {
     let file = fs_err::OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(dest)?;
-    file.set_len(layout.total)?;
-    drop(file);
+    file.set_len(total)?;
+    Ok(file)
+}
 
+/// Write the GPT (protective MBR, primary and backup tables) of `layout`
+/// onto the disk image `dest`, touching nothing else of it.
+pub fn partition(
+    dest: &Path,
+    layout: &Layout,
+    ids: &Ids,
+    root_type: &str,
+) -> Result<(), ExportError> {
     let mut cmd = SFDISK.command()?;
     cmd.args([
         "--no-reread",
@@ -107,13 +109,7 @@ pub fn write_disk(
     ])
     .arg(dest)
     .stdin(std::process::Stdio::piped());
-    run_with_stdin(cmd, dest, layout.sfdisk_script(ids, root_type))?;
-
-    let out = fs_err::OpenOptions::new().write(true).open(dest)?;
-    copy_at(esp, &out, layout.esp_start, layout.esp_size)?;
-    copy_at(root, &out, layout.root_start, layout.root_size)?;
-    out.sync_all()?;
-    Ok(())
+    run_with_stdin(cmd, dest, layout.sfdisk_script(ids, root_type))
 }
 
 /// [`Tool::run`] feeding `input` on stdin.
@@ -149,7 +145,7 @@ fn run_with_stdin(
 
 /// Copy `src` into `out` at `offset`, refusing one larger than `room`;
 /// all-zero chunks are skipped (the file is zero there already).
-fn copy_at(src: &Path, out: &fs_err::File, offset: u64, room: u64) -> Result<(), ExportError> {
+pub fn copy_at(src: &Path, out: &fs_err::File, offset: u64, room: u64) -> Result<(), ExportError> {
     let len = fs_err::metadata(src)?.len();
     if len > room {
         return Err(ExportError::Unexpected {

@@ -20,7 +20,7 @@ mod gpt;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::ext4::derive_uuid;
+use super::ext4::{self, derive_uuid};
 use super::tool::{Tool, FATLABEL, MCOPY, MKE2FS, QEMU_IMG, SFDISK};
 use super::{ErofsExporter, ExportContext, ExportError, Exporter, Ext4Exporter, OutputKind};
 use boot::{Arch, Boot};
@@ -83,55 +83,49 @@ impl DiskExporter {
         }
     }
 
-    /// The root filesystem image in `scratch` for a partition of at most
-    /// `room` bytes (ext4 fills it), and its layout.
-    fn root_image(
+    /// Where the partitions go. An ext4 root is as large as the ext4
+    /// exporter would make it, or fills `size=`; an erofs root is made
+    /// first (into `scratch`) since only then is its size known.
+    fn layout(
         &self,
         rootfs: &Path,
         ctx: &ExportContext,
         esp_size: u64,
         scratch: &Path,
         dest: &Path,
-    ) -> Result<(PathBuf, Layout), ExportError> {
+    ) -> Result<(Layout, Option<PathBuf>), ExportError> {
+        let too_small = |total: u64, root: u64| DiskError::TooSmall {
+            dest: dest.to_path_buf(),
+            size: total,
+            needed: Layout::fit(esp_size, root).total,
+        };
         let sized = match self.size {
-            Some(total) => {
-                Some(
-                    Layout::sized(esp_size, total).ok_or_else(|| DiskError::TooSmall {
-                        dest: dest.to_path_buf(),
-                        size: total,
-                        needed: Layout::fit(esp_size, ctx.stats.block_bytes).total,
-                    })?,
-                )
-            }
+            Some(total) => Some(
+                Layout::sized(esp_size, total)
+                    .ok_or_else(|| too_small(total, ctx.stats.block_bytes))?,
+            ),
             None => None,
         };
-        let image = scratch.join("root.img");
         match self.rootfs {
-            RootFs::Ext4 => Ext4Exporter {
-                size: sized.map(|l| l.root_size),
-                label: "root".into(),
-                inodes: None,
-            }
-            .export(rootfs, ctx, &image)?,
-            RootFs::Erofs => ErofsExporter {
-                compression: "lz4hc".into(),
-            }
-            .export(rootfs, ctx, &image)?,
-        }
-        let len = fs_err::metadata(&image)?.len();
-        let layout = match sized {
-            Some(l) if len > l.root_size => {
-                return Err(DiskError::TooSmall {
-                    dest: dest.to_path_buf(),
-                    size: l.total,
-                    needed: Layout::fit(esp_size, len).total,
+            RootFs::Ext4 => Ok((
+                sized.unwrap_or_else(|| Layout::fit(esp_size, ext4::default_size(&ctx.stats))),
+                None,
+            )),
+            RootFs::Erofs => {
+                let image = scratch.join("root.erofs");
+                ErofsExporter {
+                    compression: "lz4hc".into(),
                 }
-                .into())
+                .export(rootfs, ctx, &image)?;
+                let len = fs_err::metadata(&image)?.len();
+                let layout = match sized {
+                    Some(l) if len > l.root_size => return Err(too_small(l.total, len).into()),
+                    Some(l) => l,
+                    None => Layout::fit(esp_size, len),
+                };
+                Ok((layout, Some(image)))
             }
-            Some(l) => l,
-            None => Layout::fit(esp_size, len),
-        };
-        Ok((image, layout))
+        }
     }
 }
 
@@ -188,7 +182,7 @@ impl Exporter for DiskExporter {
         let scratch = tempfile::Builder::new()
             .prefix(".disk-parts-")
             .tempdir_in(parent)?;
-        let (root_img, layout) = self.root_image(rootfs, ctx, esp_size, scratch.path(), dest)?;
+        let (layout, erofs) = self.layout(rootfs, ctx, esp_size, scratch.path(), dest)?;
         let esp_img = scratch.path().join("esp.img");
         let volume_id = u32::from_str_radix(&derive_uuid("fat-volume-id", &ctx.image)[..8], 16)
             .expect("a derived uuid starts with 8 hex digits");
@@ -204,19 +198,30 @@ impl Exporter for DiskExporter {
             &esp_img,
             &ctx.tmp_dir,
         )?;
-        match self.format {
-            DiskFormat::Raw => {
-                gpt::write_disk(dest, &layout, &ids, arch.root_type, &esp_img, &root_img)?
+        let raw = match self.format {
+            DiskFormat::Raw => dest.to_path_buf(),
+            DiskFormat::Qcow2 => scratch.path().join("disk.raw"),
+        };
+        let disk = gpt::create(&raw, layout.total)?;
+        match &erofs {
+            Some(image) => gpt::copy_at(image, &disk, layout.root_start, layout.root_size)?,
+            // Made in place: the filesystem is not copied again.
+            None => Ext4Exporter {
+                size: Some(layout.root_size),
+                label: "root".into(),
+                inodes: None,
             }
-            DiskFormat::Qcow2 => {
-                let raw = scratch.path().join("disk.raw");
-                gpt::write_disk(&raw, &layout, &ids, arch.root_type, &esp_img, &root_img)?;
-                let mut cmd = QEMU_IMG.command()?;
-                cmd.args(["convert", "-f", "raw", "-O", "qcow2"])
-                    .arg(&raw)
-                    .arg(dest);
-                QEMU_IMG.run(cmd, dest)?;
-            }
+            .make_at(rootfs, ctx, &raw, layout.root_start)?,
+        }
+        gpt::copy_at(&esp_img, &disk, layout.esp_start, layout.esp_size)?;
+        gpt::partition(&raw, &layout, &ids, arch.root_type)?;
+        disk.sync_all()?;
+        if self.format == DiskFormat::Qcow2 {
+            let mut cmd = QEMU_IMG.command()?;
+            cmd.args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(dest);
+            QEMU_IMG.run(cmd, dest)?;
         }
         tracing::debug!(
             kernel = %boot.version,
