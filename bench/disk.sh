@@ -12,6 +12,7 @@
 # qemu-system-x86 ovmf
 #
 #   bench/disk.sh            TPLBUILD=path RUNS=3 BENCH_ENGINES=private|shared
+#                            BENCH_REUSE_WARM=1: keep the last run's warm store
 #
 # The by-hand pipeline starts from the rootfs tarball (made once by
 # tplbuild, not timed) and sizes the ext4 and the ESP as tplbuild does, so
@@ -30,6 +31,9 @@ bench_publish_template
 
 TPL_BUILD=("${TPL[@]}" build "$BENCH_REPO/buildfiles/vm" --build-arg "BASE=$BASE" --engine docker --progress plain)
 
+if [ -n "${BENCH_REUSE_WARM:-}" ] && [ -d "$WORK/home-warm" ] && [ -s "$WORK/vm.tar" ]; then
+  bench_log "reusing the warm store and rootfs tarball of the last run (BENCH_REUSE_WARM)"
+else
 bench_log "building buildfiles/vm once to warm the step cache, and its rootfs tarball (not timed)"
 rm -rf "${WORK:?}/home-warm" "$WORK/vm.tar"
 TPLBUILD_HOME="$WORK/home-warm" DOCKER_HOST="$DOCKER_SOCK" "${TPL_BUILD[@]}" >"$WORK/logs/warm.log" 2>&1 \
@@ -38,6 +42,7 @@ cp -a "$WORK/home-warm" "$WORK/home-tar"
 TPLBUILD_HOME="$WORK/home-tar" DOCKER_HOST="$DOCKER_SOCK" "${TPL_BUILD[@]}" -o "type=tar,dest=$WORK/vm.tar" \
   >"$WORK/logs/tar.log" 2>&1 || { tail -20 "$WORK/logs/tar.log" >&2; exit 1; }
 rm -rf "${WORK:?}/home-tar"
+fi
 
 # The by-hand pipeline, as one timed shell: $1 tarball, $2 scratch, $3 disk.
 # shellcheck disable=SC2016 # expanded by the bash that runs it
