@@ -10,6 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -39,14 +40,62 @@ impl Vm {
     }
 }
 
-fn vm() -> Option<&'static Vm> {
+/// How many tests use [`vm`]. A static is never dropped, so the last of
+/// them to end removes the build's folder (gigabytes); a run that filters
+/// some out leaves it, and a later run removes it once its process is gone.
+/// Keep this equal to the number of `vm()` callers.
+const VM_USERS: usize = 5;
+const VM_PREFIX: &str = "tplbuild-disk-vm-";
+
+/// One test's use of the shared build.
+struct VmUse(&'static Vm);
+
+impl std::ops::Deref for VmUse {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        self.0
+    }
+}
+
+impl Drop for VmUse {
+    fn drop(&mut self) {
+        static ENDED: AtomicUsize = AtomicUsize::new(0);
+        if ENDED.fetch_add(1, Ordering::SeqCst) + 1 == VM_USERS {
+            let _ = fs_err::remove_dir_all(self.0.env.dir.path());
+        }
+    }
+}
+
+/// Folders of earlier runs whose process has ended.
+fn remove_stale_vm_dirs() {
+    for entry in fs_err::read_dir(scratch()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(VM_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = fs_err::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn vm() -> Option<VmUse> {
     static VM: OnceLock<Vm> = OnceLock::new();
     if !testbed("disk images of buildfiles/vm") {
         return None;
     }
-    Some(VM.get_or_init(|| {
+    Some(VmUse(VM.get_or_init(|| {
         template();
-        let env = Env::new();
+        remove_stale_vm_dirs();
+        let env = Env {
+            dir: tempfile::Builder::new()
+                .prefix(&format!("{VM_PREFIX}{}-", std::process::id()))
+                .tempdir_in(scratch())
+                .unwrap(),
+        };
         let out = env.path("out");
         let buildfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("buildfiles/vm");
         let digest = env
@@ -68,7 +117,7 @@ fn vm() -> Option<&'static Vm> {
             .trim()
             .to_string();
         Vm { env, digest }
-    }))
+    })))
 }
 
 /// `sfdisk --json` of a disk image: the partitions, in table order.
