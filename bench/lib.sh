@@ -279,19 +279,25 @@ step_times() {
     END { if (line != "") print line }' "$@"
 }
 
-# bench_gateway_setup: set BASE, BUILDFILE, TPL and CTX; publish the
-# template to BASE (not timed) and write buildfiles/gateway as Dockerfiles
-# in CTX, twice: as the brief wrote it, and cleaning apt's files like
-# tplbuild does (see gateway_dockerfiles).
-bench_gateway_setup() {
+# bench_publish_template: set BASE and TPL; import the test bed's rootfs
+# tarball as the template BASE (not timed).
+bench_publish_template() {
   BASE="${BENCH_BASE:-$REG/bench/base:1}"
-  BUILDFILE="$BENCH_REPO/buildfiles/gateway/Buildfile"
   TPL=("$TPLBUILD" --insecure-registry "$REG")
   bench_log "publishing the template $BASE (not timed)"
   rm -rf "${WORK:?}/home-import"
   TPLBUILD_HOME="$WORK/home-import" "${TPL[@]}" template import "$TPLBUILD_TEST_ROOTFS_TAR" "$BASE" >"$WORK/logs/import.log" 2>&1 \
     || { tail -20 "$WORK/logs/import.log" >&2; exit 1; }
   rm -rf "${WORK:?}/home-import"
+}
+
+# bench_gateway_setup: set BASE, BUILDFILE, TPL and CTX; publish the
+# template to BASE (not timed) and write buildfiles/gateway as Dockerfiles
+# in CTX, twice: as the brief wrote it, and cleaning apt's files like
+# tplbuild does (see gateway_dockerfiles).
+bench_gateway_setup() {
+  bench_publish_template
+  BUILDFILE="$BENCH_REPO/buildfiles/gateway/Buildfile"
   CTX="$WORK/gateway-docker"
   gateway_dockerfiles "$CTX" "$BASE"
 }

@@ -9,7 +9,7 @@
 # code is 0 either way (figures, not a test).
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
-for s in registry.sh build.sh plan-error.sh export.sh diff.sh arm64.sh; do
+for s in registry.sh build.sh plan-error.sh export.sh diff.sh disk.sh arm64.sh; do
   echo "################ bench/$s"
   bash "./$s" || echo "bench/$s stopped with exit code $?"
   echo

@@ -46,14 +46,6 @@ fn build_all(env: &Env, name: &str, engine: &str, out: &Path) -> String {
     env.ok(&args).trim().to_string()
 }
 
-fn sha(path: &Path) -> String {
-    sh_ok(&format!("sha256sum {}", path.display()))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// The image files whose bytes must not depend on the machine or engine.
 const IMAGES: &[&str] = &[
     "rootfs.tar",
@@ -74,7 +66,7 @@ fn minimal_builds_to_every_type_reproducibly_on_docker_and_podman() {
         let env = Env::new();
         let out = env.path("out");
         let digest = build_all(&env, "minimal", engine, &out);
-        let sums = IMAGES.iter().map(|f| sha(&out.join(f))).collect();
+        let sums = IMAGES.iter().map(|f| sha256sum(&out.join(f))).collect();
         if check {
             sh_ok(&format!(
                 "fsck.ext4 -fn {}",

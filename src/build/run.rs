@@ -122,6 +122,12 @@ impl Runner {
         if step.kind.uses_apt() {
             env.push("DEBIAN_FRONTEND=noninteractive".into());
         }
+        // Tools that stamp what they make (mkinitramfs' cpio, man-db,
+        // python's .pyc) do so reproducibly with the epoch, which the
+        // step's key covers already; an ENV of the Buildfile wins.
+        if !step.env.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH") {
+            env.push(format!("SOURCE_DATE_EPOCH={}", plan.epoch));
+        }
         // A locked apt step installs exactly the verified .debs from the
         // store, with no network at all.
         let locked = plan.locked_step(step);

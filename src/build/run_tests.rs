@@ -136,6 +136,29 @@ async fn a_run_step_becomes_a_layer_of_what_it_wrote_and_its_container_is_remove
 }
 
 #[tokio::test]
+async fn a_step_container_gets_the_epoch_as_source_date_epoch_unless_env_sets_it() {
+    let bed = Bed::new();
+    let plan = bed.plan("RUN make-it\n", &[]);
+    bed.engine.on("make-it", Effect::default());
+    let mut runner = bed.runner().await;
+    bed.run_first(&plan, &mut runner, &signals()).await.unwrap();
+    let plan2 = bed.plan("ENV SOURCE_DATE_EPOCH=42\nRUN make-it\n", &[]);
+    let mut runner = bed.runner().await;
+    bed.run_first(&plan2, &mut runner, &signals())
+        .await
+        .unwrap();
+    let envs = bed.engine.counts.lock().unwrap().envs.clone();
+    let sde = |env: &[String]| -> Vec<String> {
+        env.iter()
+            .filter(|e| e.starts_with("SOURCE_DATE_EPOCH="))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(sde(&envs[0]), [format!("SOURCE_DATE_EPOCH={}", plan.epoch)]);
+    assert_eq!(sde(&envs[1]), ["SOURCE_DATE_EPOCH=42"]);
+}
+
+#[tokio::test]
 async fn a_copy_step_sends_its_files_through_the_engine_with_owner_and_mode() {
     let bed = Bed::new();
     let plan = bed.plan(

@@ -232,7 +232,8 @@ pub struct BuildArgs {
     /// default spdx).
     #[arg(long = "sbom-format", value_name = "spdx|cyclonedx", value_parser = parse_sbom_format)]
     pub sbom_formats: Vec<crate::sbom::Format>,
-    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs|sbom,dest=PATH[,opt=value] (repeatable).
+    /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs|disk|sbom,dest=PATH[,opt=value] (repeatable).
+    /// type=disk is a bootable GPT image: format=raw|qcow2, size=, rootfs=ext4|erofs, cmdline=.
     #[arg(long = "output", short = 'o', value_name = "type=T,dest=D")]
     pub outputs: Vec<String>,
     /// How to show progress.
@@ -317,8 +318,8 @@ pub fn parse_outputs(items: &[String]) -> anyhow::Result<Vec<crate::export::Outp
 }
 
 /// `-o PATH` (no `key=value`) as Docker users write it: the type from the
-/// extension (`.tar[.gz|.zst]`, `.ext4`, `.erofs`, `.squashfs`/`.sqfs`),
-/// else a folder (`type=dir`).
+/// extension (`.tar[.gz|.zst]`, `.ext4`, `.erofs`, `.squashfs`/`.sqfs`, a
+/// bootable disk as `.img` or `.qcow2`), else a folder (`type=dir`).
 fn output_shorthand(o: &str) -> String {
     if o.contains('=') {
         return o.to_string();
@@ -332,6 +333,8 @@ fn output_shorthand(o: &str) -> String {
         (".erofs", "erofs"),
         (".squashfs", "squashfs"),
         (".sqfs", "squashfs"),
+        (".img", "disk"),
+        (".qcow2", "disk,format=qcow2"),
     ]
     .iter()
     .find(|(ext, _)| name.ends_with(ext))
@@ -352,6 +355,11 @@ mod tests {
             "type=ext4,dest=/tmp/r.ext4"
         );
         assert_eq!(output_shorthand("a.sqfs"), "type=squashfs,dest=a.sqfs");
+        assert_eq!(output_shorthand("vm.img"), "type=disk,dest=vm.img");
+        assert_eq!(
+            output_shorthand("out/vm.qcow2"),
+            "type=disk,format=qcow2,dest=out/vm.qcow2"
+        );
         assert_eq!(output_shorthand("rootfs/"), "type=dir,dest=rootfs/");
         assert_eq!(output_shorthand("type=oci,dest=o"), "type=oci,dest=o");
     }

@@ -196,7 +196,8 @@ pub async fn copy(ctx: &Context, a: CopyArgs) -> anyhow::Result<()> {
 #[command(
     after_help = "REF is an image this machine built (its name or digest; `tplbuild images`), \
     a registry image or an OCI layout. -o PATH alone takes the type from the extension \
-    (.tar, .ext4, .erofs, .squashfs; a folder otherwise).\n\n\
+    (.tar, .ext4, .erofs, .squashfs, .img or .qcow2 for a bootable GPT disk; a folder \
+    otherwise; docs/disk.md).\n\n\
     Examples:\n  \
     tplbuild export gateway -o out/rootfs.tar\n  \
     tplbuild export 127.0.0.1:5000/products/gateway:1 \\\n      \
@@ -208,7 +209,7 @@ pub struct ExportArgs {
     /// Any image: a template, a built product, a Docker-built image.
     #[arg(value_name = "REF")]
     pub reference: String,
-    /// type=tar|dir|ext4|erofs|squashfs|oci|sbom,dest=PATH[,opt=value] (repeatable).
+    /// type=tar|dir|ext4|erofs|squashfs|disk|oci|sbom,dest=PATH[,opt=value] (repeatable).
     #[arg(
         long = "output",
         short = 'o',

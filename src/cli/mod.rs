@@ -36,7 +36,8 @@ use crate::store::Store;
         (`tplbuild template import`). A product team writes a short Buildfile \
         (FROM a template, INSTALL packages, COPY files, RUN commands) and runs \
         `tplbuild build`, which runs the apt steps in Docker or Podman and exports \
-        an ext4/erofs/squashfs image, a tarball, a directory or a new OCI image. \
+        an ext4/erofs/squashfs image, a bootable GPT disk, a tarball, a directory \
+        or a new OCI image. \
         Every step is content-addressed and cached, locally and in the registry.",
     after_help = "A first build: publish a template, then build a Buildfile on it.\n  \
         tplbuild template import rootfs.tar 127.0.0.1:5000/platform/base:1\n  \
@@ -87,7 +88,7 @@ pub enum Command {
     Plan(args::PlanArgs),
     /// Build a Buildfile: run the missing steps, cache them, export the result.
     Build(args::BuildArgs),
-    /// Flatten any image into a tarball, folder or ext4/erofs/squashfs image.
+    /// Flatten any image into a tarball, folder, ext4/erofs/squashfs image or bootable disk.
     Export(copy::ExportArgs),
     /// List the builds this machine recorded (name, digest, size, age).
     Images(images::ImagesArgs),

@@ -36,6 +36,8 @@ pub struct Counts {
     pub removed: usize,
     /// Containers that exist now.
     pub alive: BTreeSet<String>,
+    /// The environment each container was created with, in order.
+    pub envs: Vec<Vec<String>>,
 }
 
 pub struct FakeEngine {
@@ -140,6 +142,7 @@ impl StepEngine for FakeEngine {
                 id: format!("fake{}", counts.created),
             };
             counts.alive.insert(c.id.clone());
+            counts.envs.push(spec.env.clone());
             fs_err::create_dir_all(self.upper(&c)).expect("a container folder");
             self.scripts
                 .lock()

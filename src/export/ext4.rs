@@ -134,6 +134,21 @@ impl Exporter for Ext4Exporter {
     }
 
     fn export(&self, rootfs: &Path, ctx: &ExportContext, dest: &Path) -> Result<(), ExportError> {
+        self.make_at(rootfs, ctx, dest, 0)
+    }
+}
+
+impl Ext4Exporter {
+    /// Make the filesystem in `dest` starting `offset` bytes into it (a
+    /// partition of a disk image: no copy of the filesystem afterwards);
+    /// the rest of the file is left as it is.
+    pub(crate) fn make_at(
+        &self,
+        rootfs: &Path,
+        ctx: &ExportContext,
+        dest: &Path,
+        offset: u64,
+    ) -> Result<(), ExportError> {
         let needed = ctx.stats.block_bytes;
         let size = match self.size {
             Some(s) if s < needed => {
@@ -163,7 +178,12 @@ impl Exporter for Ext4Exporter {
             .args(["-U", &uuid])
             .arg("-E")
             .arg(format!(
-                "hash_seed={uuid},root_owner=0:0,nodiscard,lazy_itable_init=0"
+                "hash_seed={uuid},root_owner=0:0,nodiscard,lazy_itable_init=0{}",
+                if offset > 0 {
+                    format!(",offset={offset}")
+                } else {
+                    String::new()
+                }
             ))
             .arg("-d")
             .arg(rootfs);
@@ -174,7 +194,12 @@ impl Exporter for Ext4Exporter {
         let t = std::time::Instant::now();
         MKE2FS.run(cmd, dest)?;
         let made = t.elapsed().as_secs_f64();
-        pin_inode_times(dest, &epoch, &ctx.tmp_dir)?;
+        // e2fsprogs opens `FILE?offset=N` at that offset.
+        let mut device = dest.as_os_str().to_owned();
+        if offset > 0 {
+            device.push(format!("?offset={offset}"));
+        }
+        pin_inode_times(Path::new(&device), &epoch, &ctx.tmp_dir)?;
         tracing::debug!(
             mke2fs_seconds = made,
             pin_seconds = t.elapsed().as_secs_f64() - made,

@@ -1,6 +1,6 @@
 //! Exports: turning a finished [`Image`](crate::image::Image) into what a
 //! product ships — a tarball, a directory tree, an ext4 / erofs / squashfs
-//! disk image, or an OCI layout.
+//! filesystem image, a bootable GPT disk (`disk`), or an OCI layout.
 //!
 //! `build` and the `export` subcommand hand [`export_all`] an image whose
 //! layer blobs are already in the [`Store`](crate::store::Store) and the
@@ -19,6 +19,7 @@
 //! name beside it and renamed when complete.
 
 mod cache;
+mod disk;
 mod erofs;
 mod ext4;
 mod flatten;
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use crate::oci::Digest;
 
 pub use cache::{export_key, ExportKeyInputs, EXPORT_FORMAT};
+pub use disk::{DiskError, DiskExporter, DiskFormat, RootFs};
 pub use erofs::ErofsExporter;
 pub use ext4::{derive_uuid, Ext4Exporter};
 pub use flatten::flatten;
@@ -55,6 +57,7 @@ pub enum OutputKind {
     Ext4,
     Erofs,
     Squashfs,
+    Disk,
     Oci,
     /// The image's SBOM as a file (`format=spdx|cyclonedx`); written by
     /// whoever knows the image's steps (see `crate::sbom::write_file`),
@@ -63,12 +66,13 @@ pub enum OutputKind {
 }
 
 impl OutputKind {
-    pub const ALL: [OutputKind; 7] = [
+    pub const ALL: [OutputKind; 8] = [
         OutputKind::Tar,
         OutputKind::Dir,
         OutputKind::Ext4,
         OutputKind::Erofs,
         OutputKind::Squashfs,
+        OutputKind::Disk,
         OutputKind::Oci,
         OutputKind::Sbom,
     ];
@@ -80,6 +84,7 @@ impl OutputKind {
             OutputKind::Ext4 => "ext4",
             OutputKind::Erofs => "erofs",
             OutputKind::Squashfs => "squashfs",
+            OutputKind::Disk => "disk",
             OutputKind::Oci => "oci",
             OutputKind::Sbom => "sbom",
         }
@@ -129,6 +134,8 @@ pub struct ExportContext {
     pub tmp_dir: PathBuf,
     /// Counts and sizes of the flattened tree (ext4's default size).
     pub stats: TreeStats,
+    /// The image's OCI architecture (`amd64`, `arm64`): what a disk boots.
+    pub arch: String,
 }
 
 /// Writes one kind of output from a flattened root filesystem. Exporters
@@ -244,6 +251,8 @@ pub enum ExportError {
         size: u64,
         needed: u64,
     },
+    #[error(transparent)]
+    Disk(DiskError),
     #[error("export cache entry {path}")]
     Cache {
         path: PathBuf,

@@ -200,6 +200,8 @@ struct Tree {
     /// The `dir` destination it was made beside, if any.
     beside: Option<PathBuf>,
     stats: TreeStats,
+    /// The image's architecture, for the exporters' context.
+    arch: String,
     /// How long flattening and counting took.
     seconds: f64,
 }
@@ -258,6 +260,7 @@ impl Tree {
             path,
             beside: beside.map(Path::to_path_buf),
             stats,
+            arch: image.config.architecture.clone(),
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -272,6 +275,7 @@ impl Tree {
             epoch,
             tmp_dir: store.tmp_dir(),
             stats: self.stats,
+            arch: self.arch.clone(),
         }
     }
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::{
-    DirExporter, ErofsExporter, Exporter, Ext4Exporter, OutputKind, SquashfsExporter, TarExporter,
+    DirExporter, DiskExporter, DiskFormat, ErofsExporter, Exporter, Ext4Exporter, OutputKind,
+    RootFs, SquashfsExporter, TarExporter,
 };
 
 /// In `dest`, replaced by the platform (see [`OutputSpec::for_platform`]).
@@ -56,6 +57,8 @@ pub enum SpecError {
     },
     #[error("output {spec:?}: size={value:?} is not a size like 512M, 2G or 1073741824")]
     BadSize { spec: String, value: String },
+    #[error("output {spec:?}: an unterminated quote (write a value with commas as \"key=a,b\")")]
+    Quote { spec: String },
     #[error("output {spec:?}: {key}={value:?}: {reason}")]
     Invalid {
         spec: String,
@@ -74,6 +77,12 @@ fn allowed(kind: OutputKind) -> &'static [(&'static str, Option<&'static [&'stat
         OutputKind::Ext4 => &[("size", None), ("label", None), ("inodes", None)],
         OutputKind::Erofs => &[("compression", Some(&["lz4", "lz4hc", "none"]))],
         OutputKind::Squashfs => &[("compression", Some(&["gzip", "xz", "zstd", "lz4"]))],
+        OutputKind::Disk => &[
+            ("format", Some(&["raw", "qcow2"])),
+            ("size", None),
+            ("rootfs", Some(&["ext4", "erofs"])),
+            ("cmdline", None),
+        ],
         OutputKind::Oci => &[("tag", None)],
         OutputKind::Sbom => &[("format", Some(&["spdx", "cyclonedx"]))],
     }
@@ -103,7 +112,8 @@ impl FromStr for OutputSpec {
     fn from_str(spec: &str) -> Result<Self, SpecError> {
         let err_spec = || spec.to_string();
         let mut pairs: BTreeMap<String, String> = BTreeMap::new();
-        for item in spec.split(',') {
+        for item in split_fields(spec).ok_or_else(|| SpecError::Quote { spec: err_spec() })? {
+            let item = item.as_str();
             let Some((k, v)) = item.split_once('=') else {
                 return Err(SpecError::NotKeyValue {
                     spec: err_spec(),
@@ -172,6 +182,33 @@ impl FromStr for OutputSpec {
     }
 }
 
+/// Split at commas as BuildKit's `--output` does (CSV): a field in double
+/// quotes may hold commas, and `""` in it is one quote. `None` for an
+/// unterminated quote.
+fn split_fields(spec: &str) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' if quoted => quoted = false,
+            '"' if field.is_empty() => quoted = true,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    fields.push(field);
+    Some(fields)
+}
+
 fn check_value(spec: &str, key: &str, value: &str) -> Result<(), SpecError> {
     let invalid = |reason: &str| SpecError::Invalid {
         spec: spec.to_string(),
@@ -186,12 +223,15 @@ fn check_value(spec: &str, key: &str, value: &str) -> Result<(), SpecError> {
                 value: value.to_string(),
             })?;
             if size < 8 * 1024 * 1024 {
-                return Err(invalid("an ext4 image needs at least 8M"));
+                return Err(invalid("an ext4 or disk image needs at least 8M"));
             }
         }
         // ext4 keeps 16 bytes of label.
         "label" if value.len() > 16 => return Err(invalid("an ext4 label has at most 16 bytes")),
         "label" if value.contains(['\0', '\n']) => return Err(invalid("not a printable label")),
+        "cmdline" if value.trim().is_empty() || value.contains(['\0', '\n', '\r']) => {
+            return Err(invalid("a kernel command line is one non-empty line"))
+        }
         "inodes" => match value.parse::<u64>() {
             Ok(n) if n >= 16 && n <= u64::from(u32::MAX) => {}
             _ => return Err(invalid("not an inode count between 16 and 4294967295")),
@@ -275,6 +315,18 @@ impl OutputSpec {
             }),
             OutputKind::Squashfs => Box::new(SquashfsExporter {
                 compression: opt("compression"),
+            }),
+            OutputKind::Disk => Box::new(DiskExporter {
+                format: match opt("format").as_deref() {
+                    Some("qcow2") => DiskFormat::Qcow2,
+                    _ => DiskFormat::Raw,
+                },
+                size: opt("size").and_then(|s| parse_size(&s)),
+                rootfs: match opt("rootfs").as_deref() {
+                    Some("erofs") => RootFs::Erofs,
+                    _ => RootFs::Ext4,
+                },
+                cmdline: opt("cmdline"),
             }),
             OutputKind::Oci | OutputKind::Sbom => return None,
         })
@@ -380,7 +432,7 @@ mod tests {
         let e = parse("type=vfat,dest=x").unwrap_err().to_string();
         assert!(e.contains("unknown type \"vfat\""), "{e}");
         assert!(
-            e.contains("tar, dir, ext4, erofs, squashfs, oci, sbom"),
+            e.contains("tar, dir, ext4, erofs, squashfs, disk, oci, sbom"),
             "{e}"
         );
     }
@@ -474,6 +526,36 @@ mod tests {
             crate::sbom::Format::Spdx
         );
         assert!(parse("type=sbom,dest=x,format=swid").is_err());
+    }
+
+    #[test]
+    fn disk_options_are_checked() {
+        let s = parse("type=disk,dest=vm.img,format=qcow2,rootfs=erofs,size=2G").unwrap();
+        assert_eq!(s.kind, OutputKind::Disk);
+        let e = parse("type=disk,dest=vm.img,format=vmdk")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raw|qcow2"), "{e}");
+        assert!(parse("type=disk,dest=vm.img,rootfs=btrfs").is_err());
+        assert!(parse("type=disk,dest=vm.img,cmdline=").is_err());
+        assert!(parse("type=disk,dest=vm.img,label=x").is_err());
+    }
+
+    #[test]
+    fn a_quoted_field_keeps_its_commas_as_buildkit_reads_it() {
+        let s = parse(r#"type=disk,dest=vm.img,"cmdline=console=ttyS0,115200 quiet""#).unwrap();
+        assert_eq!(s.options["cmdline"], "console=ttyS0,115200 quiet");
+        let s = parse(r#""dest=a""b",type=tar"#).unwrap();
+        assert_eq!(s.dest, PathBuf::from("a\"b"));
+        assert!(matches!(
+            parse(r#"type=disk,dest=x,"cmdline=a"#),
+            Err(SpecError::Quote { .. })
+        ));
+        // An empty last field is still a bare word, as before.
+        assert!(matches!(
+            parse("type=tar,dest=a,"),
+            Err(SpecError::NotKeyValue { .. })
+        ));
     }
 
     #[test]

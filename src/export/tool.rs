@@ -34,6 +34,31 @@ pub const MKSQUASHFS: Tool = Tool {
     name: "mksquashfs",
     package: "squashfs-tools",
 };
+pub const SFDISK: Tool = Tool {
+    name: "sfdisk",
+    package: "fdisk",
+};
+pub const MKFS_VFAT: Tool = Tool {
+    name: "mkfs.vfat",
+    package: "dosfstools",
+};
+/// Same package as mkfs.vfat, which has no version flag.
+pub const FATLABEL: Tool = Tool {
+    name: "fatlabel",
+    package: "dosfstools",
+};
+pub const MMD: Tool = Tool {
+    name: "mmd",
+    package: "mtools",
+};
+pub const MCOPY: Tool = Tool {
+    name: "mcopy",
+    package: "mtools",
+};
+pub const QEMU_IMG: Tool = Tool {
+    name: "qemu-img",
+    package: "qemu-utils",
+};
 
 impl Tool {
     /// The tool's path, or [`ExportError::ToolMissing`].

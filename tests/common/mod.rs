@@ -186,6 +186,15 @@ pub fn sh(cmd: &str) -> Output {
     out
 }
 
+/// The sha256 of a file, as `sha256sum` prints it.
+pub fn sha256sum(path: &Path) -> String {
+    sh_ok(&format!("sha256sum {}", path.display()))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 pub fn sh_ok(cmd: &str) -> String {
     let out = sh(cmd);
     assert!(

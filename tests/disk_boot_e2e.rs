@@ -1,0 +1,362 @@
+//! `-o type=disk` end to end: `buildfiles/vm` built once for real (Docker,
+//! the loopback registry, Debian's kernel and systemd-boot), exported to a
+//! raw and a qcow2 disk, and then checked with the tools a user would trust:
+//! `sfdisk --json` for the table, `fsck.vfat`/`fsck.ext4` for the
+//! partitions cut out by offset, a second export from another store for
+//! reproducibility, and QEMU with OVMF (TCG) booting the disk until the
+//! image's self-test unit prints its line and powers off.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The kernel command line the boot test needs: the image's self-test
+/// unit powers the VM off after printing its line.
+const POWEROFF: &str = "cmdline=tplbuild.poweroff";
+/// What a boot under TCG may take (about 90 s here) before the test fails.
+const BOOT_LIMIT: Duration = Duration::from_secs(6 * 60);
+
+/// One build of `buildfiles/vm`, shared by every test of this file.
+struct Vm {
+    env: Env,
+    digest: String,
+}
+
+impl Vm {
+    fn raw(&self) -> PathBuf {
+        self.env.path("out/vm.img")
+    }
+    fn qcow2(&self) -> PathBuf {
+        self.env.path("out/vm.qcow2")
+    }
+    fn layout(&self) -> PathBuf {
+        self.env.path("out/oci")
+    }
+}
+
+/// How many tests use [`vm`]. A static is never dropped, so the last of
+/// them to end removes the build's folder (gigabytes); a run that filters
+/// some out leaves it, and a later run removes it once its process is gone.
+/// Keep this equal to the number of `vm()` callers.
+const VM_USERS: usize = 5;
+const VM_PREFIX: &str = "tplbuild-disk-vm-";
+
+/// One test's use of the shared build.
+struct VmUse(&'static Vm);
+
+impl std::ops::Deref for VmUse {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        self.0
+    }
+}
+
+impl Drop for VmUse {
+    fn drop(&mut self) {
+        static ENDED: AtomicUsize = AtomicUsize::new(0);
+        if ENDED.fetch_add(1, Ordering::SeqCst) + 1 == VM_USERS {
+            let _ = fs_err::remove_dir_all(self.0.env.dir.path());
+        }
+    }
+}
+
+/// Folders of earlier runs whose process has ended.
+fn remove_stale_vm_dirs() {
+    for entry in fs_err::read_dir(scratch()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(VM_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = fs_err::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn vm() -> Option<VmUse> {
+    static VM: OnceLock<Vm> = OnceLock::new();
+    if !testbed("disk images of buildfiles/vm") {
+        return None;
+    }
+    Some(VmUse(VM.get_or_init(|| {
+        template();
+        remove_stale_vm_dirs();
+        let env = Env {
+            dir: tempfile::Builder::new()
+                .prefix(&format!("{VM_PREFIX}{}-", std::process::id()))
+                .tempdir_in(scratch())
+                .unwrap(),
+        };
+        let out = env.path("out");
+        let buildfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("buildfiles/vm");
+        let digest = env
+            .ok(&[
+                "build",
+                buildfile.to_str().unwrap(),
+                "--progress",
+                "plain",
+                "-o",
+                &format!("type=oci,dest={}", out.join("oci").display()),
+                "-o",
+                &format!("type=disk,dest={},{POWEROFF}", out.join("vm.img").display()),
+                "-o",
+                &format!(
+                    "type=disk,dest={},format=qcow2,{POWEROFF}",
+                    out.join("vm.qcow2").display()
+                ),
+            ])
+            .trim()
+            .to_string();
+        Vm { env, digest }
+    })))
+}
+
+/// `sfdisk --json` of a disk image: the partitions, in table order.
+fn partitions(disk: &Path) -> Vec<serde_json::Value> {
+    let json: serde_json::Value =
+        serde_json::from_str(&sh_ok(&format!("sfdisk --json {}", disk.display()))).unwrap();
+    assert_eq!(json["partitiontable"]["label"], "gpt", "{json}");
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Copy partition `p` (from [`partitions`]) out of `disk` into `to`.
+fn extract(disk: &Path, p: &serde_json::Value, to: &Path) {
+    sh_ok(&format!(
+        "dd if={} of={} bs=512 skip={} count={} conv=sparse status=none",
+        disk.display(),
+        to.display(),
+        p["start"],
+        p["size"]
+    ));
+}
+
+fn derived(purpose: &str, digest: &str) -> String {
+    tplbuild::export::derive_uuid(purpose, &digest.parse().unwrap()).to_uppercase()
+}
+
+#[test]
+fn the_partition_table_has_dps_types_and_guids_from_the_image_digest() {
+    let Some(vm) = vm() else { return };
+    let parts = partitions(&vm.raw());
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    let (esp, root) = (&parts[0], &parts[1]);
+    assert_eq!(esp["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(esp["name"], "esp");
+    assert_eq!(root["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    assert_eq!(root["name"], "root");
+    assert_eq!(esp["start"], 2048, "the ESP starts at 1 MiB");
+    assert_eq!(esp["uuid"], derived("gpt-esp", &vm.digest));
+    assert_eq!(root["uuid"], derived("gpt-root", &vm.digest));
+    let table = sh_ok(&format!("sfdisk --dump {}", vm.raw().display()));
+    assert!(
+        table.contains(&format!("label-id: {}", derived("gpt-disk", &vm.digest))),
+        "{table}"
+    );
+
+    // The boot entry names the root partition by that PARTUUID, with the
+    // image's /etc/kernel/cmdline and the output's cmdline= after it.
+    let esp_img = vm.env.path("entry-esp.img");
+    extract(&vm.raw(), esp, &esp_img);
+    let listing = sh_ok(&format!("mdir -/ -b -i {} ::", esp_img.display()));
+    let entry = listing
+        .lines()
+        .find(|l| l.contains("/loader/entries/") && l.ends_with(".conf"))
+        .unwrap_or_else(|| panic!("no loader entry on the ESP:\n{listing}"));
+    let text = sh_ok(&format!("mtype -i {} '{entry}'", esp_img.display()));
+    let root_uuid = root["uuid"].as_str().unwrap().to_lowercase();
+    assert!(
+        text.contains(&format!(
+            "options root=PARTUUID={root_uuid} rw console=ttyS0 tplbuild.poweroff"
+        )),
+        "{text}"
+    );
+    assert!(listing.contains("::/EFI/BOOT/BOOTX64.EFI"), "{listing}");
+    assert!(listing.contains("::/vmlinuz-"), "{listing}");
+}
+
+#[test]
+fn each_partition_cut_out_by_offset_is_a_clean_filesystem() {
+    let Some(vm) = vm() else { return };
+    let parts = partitions(&vm.raw());
+    let esp = vm.env.path("fsck-esp.img");
+    let root = vm.env.path("fsck-root.img");
+    extract(&vm.raw(), &parts[0], &esp);
+    extract(&vm.raw(), &parts[1], &root);
+    let fat = sh_ok(&format!("fsck.vfat -n {}", esp.display()));
+    assert!(!fat.contains("Dirty bit"), "{fat}");
+    sh_ok(&format!("fsck.ext4 -fn {}", root.display()));
+    let label = sh_ok(&format!("e2label {}", root.display()));
+    assert_eq!(label.trim(), "root");
+    fs_err::remove_file(root).unwrap();
+}
+
+#[test]
+fn an_export_from_another_store_gives_the_same_raw_and_qcow2_bytes() {
+    let Some(vm) = vm() else { return };
+    // Another store: nothing cached, the disk is made again from the image.
+    let other = Env::new();
+    let raw = other.path("vm.img");
+    let qcow2 = other.path("vm.qcow2");
+    other.ok(&[
+        "export",
+        &format!("oci:{}", vm.layout().display()),
+        "-o",
+        &format!("type=disk,dest={},{POWEROFF}", raw.display()),
+        "-o",
+        &format!("type=disk,dest={},format=qcow2,{POWEROFF}", qcow2.display()),
+    ]);
+    assert_eq!(sha256sum(&raw), sha256sum(&vm.raw()), "raw disks differ");
+    assert_eq!(
+        sha256sum(&qcow2),
+        sha256sum(&vm.qcow2()),
+        "qcow2 disks differ"
+    );
+    // The qcow2 holds the same disk as the raw one.
+    sh_ok(&format!(
+        "qemu-img compare -f raw -F qcow2 {} {}",
+        raw.display(),
+        qcow2.display()
+    ));
+}
+
+#[test]
+fn an_erofs_root_of_a_given_disk_size_is_a_clean_erofs_mounted_read_only() {
+    let Some(vm) = vm() else { return };
+    let env = Env::new();
+    let disk = env.path("erofs.img");
+    env.ok(&[
+        "export",
+        &format!("oci:{}", vm.layout().display()),
+        "-o",
+        &format!("type=disk,dest={},rootfs=erofs,size=1500M", disk.display()),
+    ]);
+    assert_eq!(fs_err::metadata(&disk).unwrap().len(), 1500 << 20);
+    let parts = partitions(&disk);
+    assert_eq!(parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    // The root partition takes what the ESP and the tables leave.
+    let root_bytes = parts[1]["size"].as_u64().unwrap() * 512;
+    let esp_bytes = parts[0]["size"].as_u64().unwrap() * 512;
+    assert_eq!(root_bytes + esp_bytes + (2 << 20), 1500 << 20);
+    let root = env.path("root.erofs");
+    extract(&disk, &parts[1], &root);
+    sh_ok(&format!("fsck.erofs {}", root.display()));
+    let esp = env.path("esp.img");
+    extract(&disk, &parts[0], &esp);
+    let entries = sh_ok(&format!("mdir -/ -b -i {} ::loader/entries", esp.display()));
+    let entry = entries.lines().find(|l| l.ends_with(".conf")).unwrap();
+    let text = sh_ok(&format!("mtype -i {} '{entry}'", esp.display()));
+    assert!(text.contains(" ro console=ttyS0"), "{text}");
+}
+
+#[test]
+fn the_disk_boots_under_ovmf_to_the_images_self_test_line() {
+    let Some(vm) = vm() else { return };
+    let log = vm.env.path("boot.log");
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35,accel=tcg", "-m", "1024", "-nographic"])
+        .args(["-bios", "/usr/share/ovmf/OVMF.fd", "-nic", "none"])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=qcow2,if=virtio,snapshot=on",
+            vm.qcow2().display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(fs_err::File::create(&log).unwrap().into_parts().0)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64 (the test bed installs qemu-system-x86)");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > BOOT_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let console = String::from_utf8_lossy(&fs_err::read(&log).unwrap()).into_owned();
+    eprintln!(
+        "booted and powered off in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "no power-off within {BOOT_LIMIT:?}; the end of the console:\n{}",
+            last_lines(&console, 40)
+        )
+    });
+    let line = console
+        .lines()
+        .find(|l| l.starts_with("tplbuild-vm:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no self-test line ({status}); the end of the console:\n{}",
+                last_lines(&console, 40)
+            )
+        });
+    assert_eq!(
+        line.trim(),
+        "tplbuild-vm: root=/dev/vda2 ext4 release=vm built by tplbuild",
+        "root must be the disk's second (root) partition, ext4, with the COPY'd file"
+    );
+    assert!(status.success(), "qemu exited with {status}");
+}
+
+#[test]
+fn an_image_without_a_kernel_is_refused_naming_the_package() {
+    if !testbed("disk export of the bare template") {
+        return;
+    }
+    template();
+    let env = Env::new();
+    let dest = env.path("bare.img");
+    let out = env.run(&[
+        "export",
+        TEMPLATE,
+        "-o",
+        &format!("type=disk,dest={}", dest.display()),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no kernel"), "{err}");
+    assert!(err.contains("INSTALL linux-image-amd64"), "{err}");
+    assert!(!dest.exists(), "nothing is left at the destination");
+    let leftovers: Vec<_> = fs_err::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("disk"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[test]
+fn a_bad_disk_format_is_refused_before_any_work() {
+    let env = Env::new();
+    let out = env.run(&[
+        "export",
+        "oci:/nonexistent-layout",
+        "-o",
+        "type=disk,dest=x.img,format=vmdk",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "bad input exits 2: {err}");
+    assert!(
+        err.contains("format=\"vmdk\" is not one of raw|qcow2"),
+        "{err}"
+    );
+}
