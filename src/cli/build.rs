@@ -115,19 +115,7 @@ async fn build(ctx: &Context, mut a: BuildArgs, progress: &mut Progress) -> anyh
         Ok(r) => r,
         Err(e) => return Err(explain_failure(e, progress)),
     };
-    if let Some(key) = &signing {
-        for (t, d) in &report.published {
-            if let Target::Registry(r) = t {
-                let line = super::sign::sign_and_report(&client, r, d, key).await?;
-                progress.note("sign", &line);
-            }
-        }
-    }
-    let tags: Vec<String> = report
-        .published
-        .iter()
-        .map(|(t, _)| t.to_string())
-        .collect();
+    let tags = sign_published(&client, &report.published, signing.as_ref(), progress).await?;
     let (v, text) = build::summary(&report.built, &tags, started.elapsed());
     progress.summary(v, &text);
     let digest = report.built.image.digest().to_string();
@@ -164,19 +152,7 @@ async fn build_platforms(
     };
     // The index each tag names is what --sign signs: cosign signs what a
     // tag resolves to.
-    if let Some(key) = signing {
-        for (t, d) in &report.published {
-            if let Target::Registry(r) = t {
-                let line = super::sign::sign_and_report(client, r, d, key).await?;
-                progress.note("sign", &line);
-            }
-        }
-    }
-    let tags: Vec<String> = report
-        .published
-        .iter()
-        .map(|(t, _)| t.to_string())
-        .collect();
+    let tags = sign_published(client, &report.published, signing, progress).await?;
     for (platform, r) in &report.platforms {
         let (v, text) = build::summary(&r.built, &tags, started.elapsed());
         progress.summary(v, &format!("{platform}: {text}"));
@@ -194,6 +170,25 @@ async fn build_platforms(
         }
     }
     Ok(digest)
+}
+
+/// Sign what each registry `--tag` names (with `--sign`); the tags, as
+/// the summary lists them.
+async fn sign_published(
+    client: &crate::registry::Client,
+    published: &[(Target, crate::oci::Digest)],
+    signing: Option<&crate::sign::PrivateKey>,
+    progress: &Progress,
+) -> anyhow::Result<Vec<String>> {
+    if let Some(key) = signing {
+        for (t, d) in published {
+            if let Target::Registry(r) = t {
+                let line = super::sign::sign_and_report(client, r, d, key).await?;
+                progress.note("sign", &line);
+            }
+        }
+    }
+    Ok(published.iter().map(|(t, _)| t.to_string()).collect())
 }
 
 /// Turn a failed step into the story a user needs: the location, the exit
