@@ -9,6 +9,8 @@ mod auth;
 mod fake;
 #[path = "registry_faults/push.rs"]
 mod push;
+#[path = "registry_faults/referrers.rs"]
+mod referrers;
 #[path = "registry_faults/tls.rs"]
 mod tls;
 
