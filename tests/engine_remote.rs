@@ -241,7 +241,12 @@ fn printed(stderr: &str, marker: &str) -> bool {
 fn assert_step_ran_at(out: &Output, pid: u32, marker: &str, host: &str, cli_host: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!(") at {host}\n")), "{err}");
+    // The engine line ends at the host, or goes on to say that a variable
+    // naming the other engine is not used.
+    assert!(
+        err.contains(&format!(") at {host}\n")) || err.contains(&format!(") at {host} (")),
+        "{err}"
+    );
     assert!(printed(&err, marker), "{err}");
     assert!(err.contains("failed with exit code 3"), "{err}");
     let left = sh_ok(&format!(
@@ -375,6 +380,12 @@ fn docker_host_over_ssh_and_container_host_over_ssh_run_the_step_there() {
         &["--engine", "podman"],
     );
     assert_step_ran_at(&out, pid, "marker-ssh-podman", &podman, &vfs_podman());
+    // The DOCKER_HOST the user also set is named as not used.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("(DOCKER_HOST=unix:///nonexistent.sock is for the other engine and not used)"),
+        "{err}"
+    );
 }
 
 /// The error of a build whose engine settings name an engine that does not
