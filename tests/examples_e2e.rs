@@ -73,9 +73,10 @@ fn minimal_builds_to_every_type_reproducibly_on_docker_and_podman() {
                 out.join("rootfs.ext4").display()
             ));
             assert!(out.join("rootfs/usr/bin/hello").is_file());
-            // The OCI layout is readable by skopeo.
+            // The OCI layout is readable by skopeo, by its tag: the
+            // layout also lists the image's SBOM and provenance.
             sh_ok(&format!(
-                "skopeo inspect --raw oci:{}",
+                "skopeo inspect --raw oci:{}:latest",
                 out.join("oci").display()
             ));
         }
