@@ -83,10 +83,12 @@ pub async fn index_entries(
                 None => return Ok(None),
             }
         }
-        Target::Registry(r) => {
-            let m = client.get_manifest(r).await?;
-            (m.bytes, m.media_type)
-        }
+        Target::Registry(r) => match client.get_manifest(r).await {
+            Ok(m) => (m.bytes, m.media_type),
+            // Not there: the one-image path says so, with the tags it has.
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        },
     };
     match ManifestDoc::parse(&bytes, Some(&media))? {
         ManifestDoc::Index(index) => Ok(Some(index.manifests)),
