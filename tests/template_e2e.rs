@@ -204,7 +204,7 @@ fn a_tag_the_registry_lacks_is_named_with_the_tags_it_has() {
     let out = env.run(&["pull", &format!("{REGISTRY}/platform/base:nosuch")]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no such tag; it has: "), "{err}");
+    assert!(err.contains("tag not found; it has: "), "{err}");
     let has = err.split("it has: ").nth(1).unwrap_or_default();
     assert!(has.split([',', ' ', '\n']).any(|t| t == "1"), "{err}");
     assert!(

@@ -32,7 +32,7 @@ pub enum TransferError {
         tag: String,
         available: Vec<String>,
     },
-    #[error("{reference}: no such tag; {}", has_tags(.available))]
+    #[error("{reference}: tag not found; {}", has_tags(.available))]
     NoSuchTag {
         reference: String,
         available: Vec<String>,
