@@ -303,7 +303,10 @@ fn docker_host_with_tls_verify_and_client_certificates_runs_the_step_there() {
         )),
         "{err}"
     );
-    assert!(err.contains("CertificateRequired"), "{err}");
+    // What rustls reports depends on when the engine's alert arrives
+    // (TLS 1.3 finishes the client's side of the handshake first), so the
+    // hint, not the cause, is what says why.
+    assert!(err.contains("no client certificate was sent"), "{err}");
 }
 
 #[test]

@@ -129,6 +129,9 @@ fn check_hint(endpoint: &Endpoint) -> String {
         Endpoint::Tcp { tls: None, .. } => format!(
             "check that the engine listens on {endpoint} without TLS (`docker -H {endpoint} version`)"
         ),
+        Endpoint::Tcp { tls: Some(tls), .. } if tls.cert.is_none() => format!(
+            "no client certificate was sent (no cert.pem and key.pem found), and an engine that requires one closes the connection; point DOCKER_CERT_PATH at the folder with ca.pem, cert.pem, key.pem, and check with `docker -H {endpoint} --tlsverify version`"
+        ),
         Endpoint::Tcp { tls: Some(_), .. } => format!(
             "check that the engine listens on {endpoint} with TLS and accepts the client certificate (`docker -H {endpoint} --tlsverify version`; DOCKER_CERT_PATH names the folder with ca.pem, cert.pem, key.pem)"
         ),
