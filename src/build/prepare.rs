@@ -42,7 +42,7 @@ pub async fn locked_plan(
     let lock_path = Lockfile::path_for_platform(&spec.file, &spec.platform);
     if !lock_path.exists() {
         let plan = make(store, client, spec, !offline, offline).await?;
-        let warnings = unused_args(spec, &plan);
+        let warnings = unused_args(spec, &plan.buildfile.args);
         return Ok((plan, warnings));
     }
     let lock = Lockfile::load(&lock_path).map_err(|e| {
@@ -60,7 +60,7 @@ pub async fn locked_plan(
     })?;
     // The locked packages still install as they are (that is what a lock
     // is for), but they were resolved on another state: say so.
-    let mut warnings: Vec<String> = unused_args(spec, &plan);
+    let mut warnings: Vec<String> = unused_args(spec, &plan.buildfile.args);
     warnings.extend(lock
         .replay_drift(&plan)
         .into_iter()
@@ -73,18 +73,52 @@ pub async fn locked_plan(
     Ok((plan.with_lock(lock), warnings))
 }
 
+/// The ARGs the platform sets, as BuildKit names them: a Buildfile that
+/// declares `ARG TARGETARCH` gets `arm64` when built for linux/arm64, so one
+/// Buildfile can `INSTALL linux-image-${TARGETARCH}` for every platform.
+pub const PLATFORM_ARGS: [&str; 4] = ["TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT"];
+
+/// `--build-arg`s plus the platform's ARGs, which the platform decides: a
+/// `--build-arg TARGETARCH=…` does not override them.
+fn with_platform_args(spec: &BuildfileSpec) -> BTreeMap<String, String> {
+    let p = &spec.platform;
+    let mut args = spec.args.clone();
+    for (name, value) in PLATFORM_ARGS.into_iter().zip([
+        p.to_string(),
+        p.os.clone(),
+        p.architecture.clone(),
+        p.variant.clone().unwrap_or_default(),
+    ]) {
+        args.insert(name.to_string(), value);
+    }
+    args
+}
+
 /// A `--build-arg` the Buildfile declares no ARG for is most likely a typo
-/// (Docker warns too): it changes nothing, so say so.
-fn unused_args(spec: &BuildfileSpec, plan: &Plan) -> Vec<String> {
+/// (Docker warns too): it changes nothing, so say so. One that names a
+/// platform ARG is ignored, so say that.
+fn unused_args(spec: &BuildfileSpec, declared: &BTreeMap<String, String>) -> Vec<String> {
+    let platform = spec
+        .args
+        .keys()
+        .filter(|k| PLATFORM_ARGS.contains(&k.as_str()))
+        .map(|k| {
+            format!(
+                "--build-arg {k}: the platform sets {k} ({}); use --platform to change it",
+                spec.platform
+            )
+        });
     spec.args
         .keys()
-        .filter(|k| !plan.buildfile.args.contains_key(*k))
+        .filter(|k| !PLATFORM_ARGS.contains(&k.as_str()))
+        .filter(|k| !declared.contains_key(*k))
         .map(|k| {
             format!(
                 "--build-arg {k}: {} declares no ARG {k}, so it changes nothing",
                 spec.file.display()
             )
         })
+        .chain(platform)
         .collect()
 }
 
@@ -106,7 +140,7 @@ async fn make(
     offline: bool,
 ) -> anyhow::Result<Plan> {
     let file = &spec.file;
-    let bf = buildfile::parse_file(file, &spec.args).map_err(|diags| {
+    let bf = buildfile::parse_file(file, &with_platform_args(spec)).map_err(|diags| {
         let n = diags.0.len();
         let mut f = Failure::bad_input(format!(
             "{diags}\n{n} error{} in {}; `tplbuild docs buildfile` describes every instruction\n",
@@ -182,4 +216,50 @@ async fn make(
     let platform = platform.clone();
     // COPY trees are hashed here: file reads, off the async threads.
     Ok(tokio::task::spawn_blocking(move || plan::make(bf, base, platform, &apt_state)).await??)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(platform: &str, args: &[(&str, &str)]) -> BuildfileSpec {
+        BuildfileSpec {
+            file: PathBuf::from("/ctx/Buildfile"),
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            platform: Platform::parse(platform).unwrap(),
+            require_signed: vec![],
+        }
+    }
+
+    #[test]
+    fn a_declared_targetarch_expands_to_the_platforms_and_a_build_arg_cannot_change_it() {
+        let src = "FROM 127.0.0.1:5000/t:1\nARG TARGETARCH TARGETVARIANT TARGETPLATFORM\n\
+                   INSTALL linux-image-${TARGETARCH}-${TARGETVARIANT}\nLABEL p=${TARGETPLATFORM}\n";
+        let s = spec("linux/arm/v7", &[("TARGETARCH", "amd64")]);
+        let bf = buildfile::parse_str(&s.file, src, &with_platform_args(&s)).unwrap();
+        let steps = format!("{:?}", bf.instructions);
+        assert!(steps.contains("linux-image-arm-v7"), "{steps}");
+        assert!(steps.contains("linux/arm/v7"), "{steps}");
+    }
+
+    #[test]
+    fn unused_and_platform_build_args_are_warned_about_and_declared_ones_are_not() {
+        let s = spec(
+            "linux/arm64",
+            &[("TARGETARCH", "amd64"), ("VERSON", "2"), ("BASE", "x")],
+        );
+        let src = "ARG BASE\nFROM ${BASE}\nRUN true\n";
+        let bf = buildfile::parse_str(&s.file, src, &with_platform_args(&s)).unwrap();
+        let warnings = unused_args(&s, &bf.args);
+        assert_eq!(
+            warnings,
+            [
+                "--build-arg VERSON: /ctx/Buildfile declares no ARG VERSON, so it changes nothing",
+                "--build-arg TARGETARCH: the platform sets TARGETARCH (linux/arm64); use --platform to change it",
+            ]
+        );
+    }
 }
