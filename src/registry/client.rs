@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 
 use super::auth::{scope, Auth};
 use super::blob::VecSink;
@@ -392,11 +392,12 @@ impl Client {
         let mut retrier = Retrier::new(self.inner.retry, &context);
         loop {
             let attempt = async {
-                let resp = self.send(&ep, &scopes, &req, &context).await?;
-                if resp.status() == StatusCode::NOT_FOUND {
+                let Some(resp) = self
+                    .send_unless_absent(&ep, &scopes, &req, &context)
+                    .await?
+                else {
                     return Ok(None);
-                }
-                let resp = check(resp, &context).await?;
+                };
                 // Not `content_length()`: for a HEAD that is the (empty) body's.
                 Ok(Some(
                     resp.headers()

@@ -5,12 +5,12 @@
 //! the tag `sha256-<hex>` (see `crate::sbom::attach`).
 
 use reqwest::header::CONTENT_TYPE;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 
 use super::auth::scope;
 use super::client::MAX_MANIFEST_BYTES;
 use super::retry::Retrier;
-use super::transport::{check, read_limited, Request};
+use super::transport::{read_limited, Request};
 use super::{Client, RegistryError};
 use crate::oci::{Digest, ImageIndex, MediaType, Reference};
 
@@ -36,13 +36,14 @@ impl Client {
         let mut retrier = Retrier::new(self.inner.retry, &context);
         loop {
             let attempt = async {
-                let resp = self.send(&ep, &scopes, &req, &context).await?;
                 // A registry without the API answers 404 (Distribution) or
                 // something that is not an index; both mean "use the tag".
-                if resp.status() == StatusCode::NOT_FOUND {
+                let Some(resp) = self
+                    .send_unless_absent(&ep, &scopes, &req, &context)
+                    .await?
+                else {
                     return Ok(None);
-                }
-                let resp = check(resp, &context).await?;
+                };
                 let is_index = resp
                     .headers()
                     .get(CONTENT_TYPE)

@@ -105,6 +105,23 @@ impl Client {
         Ok(out)
     }
 
+    /// [`Self::send`] for a request whose 404 means "not there" rather than
+    /// an error: `None` for 404, else the response with any other error
+    /// status turned into its error.
+    pub(crate) async fn send_unless_absent(
+        &self,
+        ep: &Endpoint,
+        scopes: &[String],
+        req: &Request,
+        context: &str,
+    ) -> Result<Option<Response>, RegistryError> {
+        let resp = self.send(ep, scopes, req, context).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check(resp, context).await.map(Some)
+    }
+
     /// Send one request, authenticating as needed. Returns any response
     /// except 401 (which becomes an auth error after one new attempt, or
     /// two when a cached token had to be refreshed).
