@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::LockedPackage;
+use crate::plan::{APT_NO_TRANSLATIONS, DPKG_UNSAFE_IO};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UriError {
@@ -94,9 +95,10 @@ fn replay_lines(replays: &[Replay]) -> String {
 
 /// Update the package lists and print each InRelease's digest.
 fn update_lines() -> String {
-    "apt-get update -qq\n\
-     for f in /var/lib/apt/lists/*_InRelease; do [ -e \"$f\" ] && echo \"@@inrelease $(sha256sum \"$f\")\"; done\n"
-        .to_string()
+    format!(
+        "apt-get update -qq {APT_NO_TRANSLATIONS}\n\
+         for f in /var/lib/apt/lists/*_InRelease; do [ -e \"$f\" ] && echo \"@@inrelease $(sha256sum \"$f\")\"; done\n"
+    )
 }
 
 /// Quote for `sh`: everything inside single quotes, `'` as `'\''`.
@@ -138,7 +140,7 @@ pub fn script(steps: &[AptRequest]) -> String {
             ));
             if step.apply {
                 s.push_str(&format!(
-                    " && apt-get install -y -qq {rec}{args} >/dev/null"
+                    " && apt-get install -y -qq {DPKG_UNSAFE_IO} {rec}{args} >/dev/null"
                 ));
             }
         } else {
@@ -149,7 +151,9 @@ pub fn script(steps: &[AptRequest]) -> String {
                  if [ -n \"$names\" ]; then dpkg-query -W -f='@@rm ${{binary:Package}} ${{Version}} ${{Architecture}}\\n' $names; fi"
             ));
             if step.apply {
-                s.push_str(&format!(" && apt-get purge -y -qq {args} >/dev/null"));
+                s.push_str(&format!(
+                    " && apt-get purge -y -qq {DPKG_UNSAFE_IO} {args} >/dev/null"
+                ));
             }
         }
         s.push_str(" )\n");
@@ -470,7 +474,16 @@ mod tests {
         };
         let s = script(&[req(true, true), req(false, false)]);
         assert!(s.contains("--print-uris 'hello=2.10-3' 'it'\\''s'"), "{s}");
-        assert!(s.contains("&& apt-get install -y -qq --no-install-recommends 'hello"));
+        assert!(
+            s.contains(&format!(
+                "&& apt-get install -y -qq {DPKG_UNSAFE_IO} --no-install-recommends 'hello"
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!("apt-get update -qq {APT_NO_TRANSLATIONS}\n")),
+            "{s}"
+        );
         assert!(s.contains("apt-get -s purge"));
         assert!(!s.contains("&& apt-get purge"));
     }

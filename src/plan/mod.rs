@@ -67,7 +67,7 @@ impl StepKind {
                 packages,
                 recommends,
             } => Some(format!(
-                "set -e; apt-get update -qq; apt-get install -y {DPKG_UNSAFE_IO} {}{}",
+                "set -e; apt-get update -qq {APT_NO_TRANSLATIONS}; apt-get install -y {DPKG_UNSAFE_IO} {}{}",
                 if *recommends {
                     ""
                 } else {
@@ -97,6 +97,14 @@ impl StepKind {
 /// without (one loaded run each). Not part of any step key:
 /// it changes how, not what.
 pub const DPKG_UNSAFE_IO: &str = "-o Dpkg::Options::=--force-unsafe-io";
+
+/// Passed to `apt-get update` in step and lock containers: no package
+/// description translations. apt's lists are left out of every layer, so
+/// they change nothing in the image, but apt fetches, unpacks and indexes
+/// Translation-en (32 MB for bookworm main) on every update: under
+/// qemu-user an arm64 update took 30 s with this and 53 s without (one
+/// loaded run each). Not part of any step key, like [`DPKG_UNSAFE_IO`].
+pub const APT_NO_TRANSLATIONS: &str = "-o Acquire::Languages=none";
 
 /// The whole plan: the resolved base, the steps, and the metadata of the
 /// final image.
