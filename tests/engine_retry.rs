@@ -77,7 +77,9 @@ fn proxy(dir: &Path, refuse: usize) -> (PathBuf, Arc<Seen>) {
     (sock, seen)
 }
 
-fn build_through(env: &Env, sock: &Path) -> std::process::Output {
+/// The build's output and its pid, which labels the step containers it
+/// made (`dev.tplbuild.pid`).
+fn build_through(env: &Env, sock: &Path) -> (std::process::Output, u32) {
     let bf = env.path("ctx/Buildfile");
     fs_err::create_dir_all(bf.parent().unwrap()).unwrap();
     fs_err::write(
@@ -85,36 +87,44 @@ fn build_through(env: &Env, sock: &Path) -> std::process::Output {
         format!("FROM {TEMPLATE}\nRUN echo retried > /etc/retried\n"),
     )
     .unwrap();
-    let out = env
+    let child = env
         .cmd()
         .env("DOCKER_HOST", format!("unix://{}", sock.display()))
         .args(["build", "-f", bf.to_str().unwrap(), "--engine", "docker"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     eprintln!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    out
+    (out, pid)
 }
 
-/// Both cases in one test: they count the engine's step containers, which
-/// a second test running beside them would disturb.
+/// Both cases in one test: they share the proxy's way of counting.
 #[test]
 fn a_step_the_engine_cannot_attach_to_runs_again_in_a_new_container() {
     if !testbed("engine retry") || !has_socket(DOCKER) {
         return;
     }
     template();
-    let containers = || sh_ok("docker ps -aq --filter label=dev.tplbuild.step");
+    // This build's step containers only: other builds may run beside it.
+    let containers = |pid: u32| {
+        sh_ok(&format!(
+            "docker ps -aq --filter label=dev.tplbuild.pid={pid}"
+        ))
+    };
 
     // Refused once: the step runs in a second container, with a warning.
     let env = Env::new();
     // Unix socket paths are short: keep it in a short folder.
     let dir = tempfile::tempdir().unwrap();
     let (sock, seen) = proxy(dir.path(), 1);
-    let out = build_through(&env, &sock);
+    let (out, pid) = build_through(&env, &sock);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -128,17 +138,17 @@ fn a_step_the_engine_cannot_attach_to_runs_again_in_a_new_container() {
         2,
         "one refused, one served"
     );
-    assert!(containers().trim().is_empty(), "no container is left");
+    assert!(containers(pid).trim().is_empty(), "no container is left");
 
     // Refused every time: three containers, then the step's error.
     let env = Env::new();
     let dir = tempfile::tempdir().unwrap();
     let (sock, seen) = proxy(dir.path(), usize::MAX);
-    let out = build_through(&env, &sock);
+    let (out, pid) = build_through(&env, &sock);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("attaching to container"), "{stderr}");
     assert!(stderr.contains("Buildfile:2"), "names the step: {stderr}");
     assert_eq!(seen.attaches.load(Ordering::SeqCst), 3);
-    assert!(containers().trim().is_empty(), "no container is left");
+    assert!(containers(pid).trim().is_empty(), "no container is left");
 }
