@@ -44,7 +44,7 @@ impl Vm {
 /// them to end removes the build's folder (gigabytes); a run that filters
 /// some out leaves it, and a later run removes it once its process is gone.
 /// Keep this equal to the number of `vm()` callers.
-const VM_USERS: usize = 5;
+const VM_USERS: usize = 6;
 const VM_PREFIX: &str = "tplbuild-disk-vm-";
 
 /// One test's use of the shared build.
@@ -315,6 +315,179 @@ fn the_disk_boots_under_ovmf_to_the_images_self_test_line() {
         "root must be the disk's second (root) partition, ext4, with the COPY'd file"
     );
     assert!(status.success(), "qemu exited with {status}");
+}
+
+/// The layout of docs/disk.md's A/B example, with a swap area.
+const AB_LAYOUT: &str = r#"# A/B root slots, data and swap
+[esp]
+size = "128M"
+
+[root]
+label = "root-a"
+
+[[partition]]
+label = "root-b"
+type = "root"
+contents = "copy"
+
+[[partition]]
+label = "data"
+type = "linux-generic"
+size = "64M"
+filesystem = "ext4"
+
+[[partition]]
+label = "swap"
+type = "swap"
+size = "32M"
+"#;
+
+#[test]
+fn a_layout_file_adds_an_ab_root_slot_data_and_swap_with_derived_guids() {
+    let Some(vm) = vm() else { return };
+    let env = Env::new();
+    let layout = env.path("ab.toml");
+    fs_err::write(&layout, AB_LAYOUT).unwrap();
+    let disk = env.path("ab.img");
+    env.ok(&[
+        "export",
+        &format!("oci:{}", vm.layout().display()),
+        "-o",
+        &format!(
+            "type=disk,dest={},layout={},{POWEROFF}",
+            disk.display(),
+            layout.display()
+        ),
+    ]);
+    let parts = partitions(&disk);
+    let row = |p: &serde_json::Value| {
+        (
+            p["name"].as_str().unwrap().to_string(),
+            p["type"].as_str().unwrap().to_string(),
+            (p["size"].as_u64().unwrap() * 512) >> 20,
+        )
+    };
+    let root = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+    let rows: Vec<_> = parts.iter().map(row).collect();
+    let root_mib = rows[1].2;
+    let want = [
+        ("esp", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", 128),
+        ("root-a", root, root_mib),
+        ("root-b", root, root_mib),
+        ("data", "0FC63DAF-8483-4772-8E79-3D69D8477DE4", 64),
+        ("swap", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", 32),
+    ]
+    .map(|(n, t, s)| (n.to_string(), t.to_string(), s));
+    assert_eq!(rows, want);
+    // The same GUIDs as without a layout for the ESP and the booted root;
+    // the others from the digest and their label.
+    assert_eq!(parts[0]["uuid"], derived("gpt-esp", &vm.digest));
+    assert_eq!(parts[1]["uuid"], derived("gpt-root", &vm.digest));
+    for (p, label) in parts[2..].iter().zip(["root-b", "data", "swap"]) {
+        assert_eq!(
+            p["uuid"],
+            derived(&format!("gpt-partition:{label}"), &vm.digest)
+        );
+    }
+    // The booted root is still the one the vm's boot test boots: the
+    // kernel command line names slot A.
+    let esp = env.path("esp.img");
+    extract(&disk, &parts[0], &esp);
+    let entries = sh_ok(&format!("mdir -/ -b -i {} ::loader/entries", esp.display()));
+    let entry = entries.lines().find(|l| l.ends_with(".conf")).unwrap();
+    let text = sh_ok(&format!("mtype -i {} '{entry}'", esp.display()));
+    let a = parts[1]["uuid"].as_str().unwrap().to_lowercase();
+    assert!(text.contains(&format!("root=PARTUUID={a} rw")), "{text}");
+
+    // Slot B is slot A, byte for byte, and a clean ext4 labelled root-a.
+    let (a_img, b_img) = (env.path("a.img"), env.path("b.img"));
+    extract(&disk, &parts[1], &a_img);
+    extract(&disk, &parts[2], &b_img);
+    assert_eq!(sha256sum(&a_img), sha256sum(&b_img), "slot B is not a copy");
+    sh_ok(&format!("fsck.ext4 -fn {}", b_img.display()));
+    assert_eq!(
+        sh_ok(&format!("e2label {}", b_img.display())).trim(),
+        "root-a"
+    );
+    fs_err::remove_file(&a_img).unwrap();
+    fs_err::remove_file(&b_img).unwrap();
+    let data = env.path("data.img");
+    extract(&disk, &parts[3], &data);
+    sh_ok(&format!("fsck.ext4 -fn {}", data.display()));
+    assert_eq!(sh_ok(&format!("e2label {}", data.display())).trim(), "data");
+    let swap = env.path("swap.img");
+    extract(&disk, &parts[4], &swap);
+    let probe = sh_ok(&format!("blkid -p -o export {}", swap.display()));
+    assert!(
+        probe.contains("TYPE=swap") && probe.contains("LABEL=swap"),
+        "{probe}"
+    );
+
+    // A [root] size the image does not fit in is named with its line,
+    // before anything is written.
+    let small = env.path("small.toml");
+    fs_err::write(&small, "[root]\nlabel = \"a\"\nsize = \"64M\"\n").unwrap();
+    let dest = env.path("small.img");
+    let out = env.run(&[
+        "export",
+        &format!("oci:{}", vm.layout().display()),
+        "-o",
+        &format!(
+            "type=disk,dest={},layout={}",
+            dest.display(),
+            small.display()
+        ),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "{}:3: [root] size = 64M is smaller than the root filesystem needs",
+            small.display()
+        )),
+        "{err}"
+    );
+    assert!(!dest.exists());
+}
+
+#[test]
+fn a_bad_layout_file_is_refused_with_its_line_before_any_work() {
+    let env = Env::new();
+    for (text, line, cause) in [
+        ("[root]\nlable = \"a\"\n", 2, "unknown field `lable`"),
+        (
+            "[[partition]]\nlabel = \"b\"\ntype = \"rootfs\"\n",
+            3,
+            "unknown variant `rootfs`",
+        ),
+        (
+            "[root]\nlabel = \"a\"\n\n[root]\nlabel = \"b\"\n",
+            4,
+            "add other root slots as [[partition]] with type = \"root\"",
+        ),
+        (
+            "[[partition]]\nlabel = \"data\"\ntype = \"linux-generic\"\nsize = \"512K\"\n",
+            4,
+            "too small",
+        ),
+    ] {
+        let layout = env.path("disk.toml");
+        fs_err::write(&layout, text).unwrap();
+        // The image does not exist: the layout is refused before it is read.
+        let out = env.run(&[
+            "export",
+            "oci:/nonexistent-layout",
+            "-o",
+            &format!("type=disk,dest=x.img,layout={}", layout.display()),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "bad input exits 2: {err}");
+        assert!(
+            err.contains(&format!("{}:{line}: ", layout.display())) && err.contains(cause),
+            "want line {line} and {cause:?}:\n{err}"
+        );
+        assert!(err.contains("docs/disk.md"), "{err}");
+    }
 }
 
 #[test]
