@@ -233,7 +233,7 @@ pub struct BuildArgs {
     #[arg(long = "sbom-format", value_name = "spdx|cyclonedx", value_parser = parse_sbom_format)]
     pub sbom_formats: Vec<crate::sbom::Format>,
     /// Export the result: type=oci|tar|dir|ext4|erofs|squashfs|disk|sbom,dest=PATH[,opt=value] (repeatable).
-    /// type=disk is a bootable GPT image: format=raw|qcow2, size=, rootfs=ext4|erofs, cmdline=.
+    /// type=disk is a bootable GPT image: format=raw|qcow2, size=, rootfs=ext4|erofs, cmdline=, layout=FILE.toml.
     #[arg(long = "output", short = 'o', value_name = "type=T,dest=D")]
     pub outputs: Vec<String>,
     /// How to show progress.
@@ -310,9 +310,16 @@ pub fn parse_outputs(items: &[String]) -> anyhow::Result<Vec<crate::export::Outp
     items
         .iter()
         .map(|o| {
-            output_shorthand(o)
+            let spec = output_shorthand(o)
                 .parse::<crate::export::OutputSpec>()
-                .map_err(|e| anyhow::Error::new(Failure::bad_input(format!("-o {o}: {e}"))))
+                .map_err(|e| anyhow::Error::new(Failure::bad_input(format!("-o {o}: {e}"))))?;
+            spec.check_files().map_err(|e| {
+                anyhow::Error::new(
+                    Failure::bad_input(format!("-o {o}: {:#}", anyhow::Error::new(e)))
+                        .with_hint("docs/disk.md describes the layout file"),
+                )
+            })?;
+            Ok(spec)
         })
         .collect()
 }

@@ -162,35 +162,71 @@ impl Ext4Exporter {
             None => default_size(&ctx.stats),
         };
         let uuid = derive_uuid("ext4-uuid", &ctx.image);
-        let epoch = ctx.epoch.to_string();
+        let inodes = inode_count(size, &ctx.stats, self.inodes);
+        let fs = Mke2fs {
+            source: Some(rootfs),
+            label: &self.label,
+            uuid: &uuid,
+            size,
+            inodes,
+            epoch: ctx.epoch,
+        };
+        let t = std::time::Instant::now();
+        let made = fs.run(dest, offset, &ctx.tmp_dir)?;
+        tracing::debug!(
+            mke2fs_seconds = made,
+            pin_seconds = t.elapsed().as_secs_f64() - made,
+            "ext4 made"
+        );
+        Ok(())
+    }
+}
 
+/// One `mke2fs` run, pinned for reproducibility (see the module doc).
+pub(crate) struct Mke2fs<'a> {
+    /// The tree to copy in (`-d`); `None`: an empty filesystem.
+    pub source: Option<&'a Path>,
+    pub label: &'a str,
+    pub uuid: &'a str,
+    pub size: u64,
+    pub inodes: Option<u64>,
+    pub epoch: i64,
+}
+
+impl Mke2fs<'_> {
+    /// Make the filesystem in `dest` at `offset` and pin its inode times;
+    /// returns the seconds mke2fs itself took.
+    pub(crate) fn run(&self, dest: &Path, offset: u64, tmp_dir: &Path) -> Result<f64, ExportError> {
+        let epoch = self.epoch.to_string();
         let mut conf = tempfile::Builder::new()
             .prefix("mke2fs-")
             .suffix(".conf")
-            .tempfile_in(&ctx.tmp_dir)?;
+            .tempfile_in(tmp_dir)?;
         conf.write_all(MKE2FS_CONF.as_bytes())?;
         conf.flush()?;
 
         let mut cmd = MKE2FS.command()?;
         cmd.env("E2FSPROGS_FAKE_TIME", &epoch)
             .env("MKE2FS_CONFIG", conf.path())
-            .args(["-t", "ext4", "-b", "4096", "-F", "-q", "-L", &self.label])
-            .args(["-U", &uuid])
+            .args(["-t", "ext4", "-b", "4096", "-F", "-q", "-L", self.label])
+            .args(["-U", self.uuid])
             .arg("-E")
             .arg(format!(
-                "hash_seed={uuid},root_owner=0:0,nodiscard,lazy_itable_init=0{}",
+                "hash_seed={},root_owner=0:0,nodiscard,lazy_itable_init=0{}",
+                self.uuid,
                 if offset > 0 {
                     format!(",offset={offset}")
                 } else {
                     String::new()
                 }
-            ))
-            .arg("-d")
-            .arg(rootfs);
-        if let Some(n) = inode_count(size, &ctx.stats, self.inodes) {
+            ));
+        if let Some(source) = self.source {
+            cmd.arg("-d").arg(source);
+        }
+        if let Some(n) = self.inodes {
             cmd.args(["-N", &n.to_string()]);
         }
-        cmd.arg(dest).arg(format!("{}k", size / 1024));
+        cmd.arg(dest).arg(format!("{}k", self.size / 1024));
         let t = std::time::Instant::now();
         MKE2FS.run(cmd, dest)?;
         let made = t.elapsed().as_secs_f64();
@@ -199,13 +235,8 @@ impl Ext4Exporter {
         if offset > 0 {
             device.push(format!("?offset={offset}"));
         }
-        pin_inode_times(Path::new(&device), &epoch, &ctx.tmp_dir)?;
-        tracing::debug!(
-            mke2fs_seconds = made,
-            pin_seconds = t.elapsed().as_secs_f64() - made,
-            "ext4 made"
-        );
-        Ok(())
+        pin_inode_times(Path::new(&device), &epoch, tmp_dir)?;
+        Ok(made)
     }
 }
 

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use crate::oci::Digest;
 
 pub use cache::{export_key, ExportKeyInputs, EXPORT_FORMAT};
-pub use disk::{DiskError, DiskExporter, DiskFormat, RootFs};
+pub use disk::{DiskError, DiskExporter, DiskFormat, DiskLayout, RootFs};
 pub use erofs::ErofsExporter;
 pub use ext4::{derive_uuid, Ext4Exporter};
 pub use flatten::flatten;

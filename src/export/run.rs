@@ -407,10 +407,11 @@ fn dest_identity(dest: &Path) -> io::Result<PathBuf> {
 /// Refuse bad destinations before any work (a build checks them before
 /// its first step): two outputs to one path, a folder that takes no new
 /// file, a file output over a directory, a non-empty `dir` without
-/// `force=true`.
+/// `force=true`, a disk's layout file that does not read or check.
 pub fn check_dests(outputs: &[OutputSpec]) -> Result<(), ExportError> {
     let mut seen = HashSet::new();
     for spec in outputs {
+        spec.check_files()?;
         check_writable(&spec.dest)?;
         if !seen.insert(dest_identity(&spec.dest)?) {
             return Err(ExportError::DuplicateDest {

@@ -82,6 +82,7 @@ fn allowed(kind: OutputKind) -> &'static [(&'static str, Option<&'static [&'stat
             ("size", None),
             ("rootfs", Some(&["ext4", "erofs"])),
             ("cmdline", None),
+            ("layout", None),
         ],
         OutputKind::Oci => &[("tag", None)],
         OutputKind::Sbom => &[("format", Some(&["spdx", "cyclonedx"]))],
@@ -229,6 +230,9 @@ fn check_value(spec: &str, key: &str, value: &str) -> Result<(), SpecError> {
         // ext4 keeps 16 bytes of label.
         "label" if value.len() > 16 => return Err(invalid("an ext4 label has at most 16 bytes")),
         "label" if value.contains(['\0', '\n']) => return Err(invalid("not a printable label")),
+        "layout" if value.is_empty() => {
+            return Err(invalid("the path of a layout file (docs/disk.md)"))
+        }
         "cmdline" if value.trim().is_empty() || value.contains(['\0', '\n', '\r']) => {
             return Err(invalid("a kernel command line is one non-empty line"))
         }
@@ -327,6 +331,7 @@ impl OutputSpec {
                     _ => RootFs::Ext4,
                 },
                 cmdline: opt("cmdline"),
+                layout: opt("layout").map(PathBuf::from),
             }),
             OutputKind::Oci | OutputKind::Sbom => return None,
         })
@@ -359,6 +364,17 @@ impl OutputSpec {
             dest,
             ..self.clone()
         })
+    }
+
+    /// Read and check the files the output names (a disk's `layout=`), so
+    /// that a bad one fails before any build step, naming its line.
+    pub fn check_files(&self) -> Result<(), super::DiskError> {
+        match (self.kind, self.options.get("layout")) {
+            (OutputKind::Disk, Some(path)) => {
+                super::DiskLayout::load(std::path::Path::new(path)).map(drop)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `force=true` on a `dir` output.

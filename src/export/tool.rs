@@ -55,6 +55,10 @@ pub const MCOPY: Tool = Tool {
     name: "mcopy",
     package: "mtools",
 };
+pub const MKSWAP: Tool = Tool {
+    name: "mkswap",
+    package: "util-linux",
+};
 pub const QEMU_IMG: Tool = Tool {
     name: "qemu-img",
     package: "qemu-utils",

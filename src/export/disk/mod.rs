@@ -16,15 +16,19 @@
 mod boot;
 mod esp;
 mod gpt;
+mod layout;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::ext4::Mke2fs;
 use super::ext4::{self, derive_uuid};
-use super::tool::{Tool, FATLABEL, MCOPY, MKE2FS, QEMU_IMG, SFDISK};
+use super::tool::{Tool, FATLABEL, MCOPY, MKE2FS, MKSWAP, QEMU_IMG, SFDISK};
 use super::{ErofsExporter, ExportContext, ExportError, Exporter, Ext4Exporter, OutputKind};
 use boot::{Arch, Boot};
-use gpt::{Ids, Layout, MIB};
+use gpt::{Part, Table, ESP_TYPE, MIB};
+pub use layout::DiskLayout;
+use layout::{Contents, Filesystem};
 
 /// The file format of the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub struct DiskExporter {
     pub rootfs: RootFs,
     /// Added to the kernel command line after the image's own.
     pub cmdline: Option<String>,
+    /// `layout=`: a layout file ([`DiskLayout`]), read when the disk is
+    /// made (and checked before, when `-o` is parsed).
+    pub layout: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,63 +77,188 @@ pub enum DiskError {
         size: u64,
         needed: u64,
     },
+    #[error("{}:{line}: {message}", file.display())]
+    Layout {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("reading the layout file {}", file.display())]
+    LayoutRead {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Io(std::io::Error),
 }
 
+/// The sizes of a disk's partitions, in bytes, before they are placed.
+#[derive(Debug)]
+struct Sizes {
+    esp: u64,
+    root: u64,
+    /// One per [`DiskLayout::extra`].
+    extra: Vec<u64>,
+}
+
 impl DiskExporter {
-    fn ids(ctx: &ExportContext) -> Ids {
-        Ids {
-            disk: derive_uuid("gpt-disk", &ctx.image),
-            esp: derive_uuid("gpt-esp", &ctx.image),
-            root: derive_uuid("gpt-root", &ctx.image),
+    fn layout_file(&self) -> Result<DiskLayout, DiskError> {
+        match &self.layout {
+            Some(p) => DiskLayout::load(p),
+            None => Ok(DiskLayout::default()),
         }
     }
 
-    /// Where the partitions go. An ext4 root is as large as the ext4
-    /// exporter would make it, or fills `size=`; an erofs root is made
-    /// first (into `scratch`) since only then is its size known.
-    fn layout(
+    /// The partition sizes. The root is `[root] size` if the layout gives
+    /// one; else, with `size=`, it shares what the ESP and the other
+    /// partitions leave with the root slots that take its size; else it is
+    /// `root_fit` (ext4: as large as the ext4 exporter would make it;
+    /// erofs: the image made). `root_min` is what the root's content needs.
+    fn sizes(
         &self,
-        rootfs: &Path,
-        ctx: &ExportContext,
-        esp_size: u64,
-        scratch: &Path,
+        layout: &DiskLayout,
+        esp: u64,
+        root_fit: u64,
+        root_min: u64,
         dest: &Path,
-    ) -> Result<(Layout, Option<PathBuf>), ExportError> {
-        let too_small = |total: u64, root: u64| DiskError::TooSmall {
-            dest: dest.to_path_buf(),
-            size: total,
-            needed: Layout::fit(esp_size, root).total,
-        };
-        let sized = match self.size {
-            Some(total) => Some(
-                Layout::sized(esp_size, total)
-                    .ok_or_else(|| too_small(total, ctx.stats.block_bytes))?,
-            ),
-            None => None,
-        };
-        match self.rootfs {
-            RootFs::Ext4 => Ok((
-                sized.unwrap_or_else(|| Layout::fit(esp_size, ext4::default_size(&ctx.stats))),
-                None,
-            )),
-            RootFs::Erofs => {
-                let image = scratch.join("root.erofs");
-                ErofsExporter {
-                    compression: "lz4hc".into(),
-                }
-                .export(rootfs, ctx, &image)?;
-                let len = fs_err::metadata(&image)?.len();
-                let layout = match sized {
-                    Some(l) if len > l.root_size => return Err(too_small(l.total, len).into()),
-                    Some(l) => l,
-                    None => Layout::fit(esp_size, len),
-                };
-                Ok((layout, Some(image)))
+    ) -> Result<Sizes, DiskError> {
+        let esp = esp.div_ceil(MIB) * MIB;
+        let slots = layout.extra.iter().filter(|e| e.size.is_none()).count() as u64;
+        let fixed: u64 = layout
+            .extra
+            .iter()
+            .filter_map(|e| e.size)
+            .map(|s| s.bytes)
+            .sum();
+        let root_min = root_min.div_ceil(MIB) * MIB;
+        let root = match (layout.root_size, self.size) {
+            (Some(r), _) if r.bytes < root_min => {
+                return Err(layout.error(
+                    r.line,
+                    format!(
+                        "[root] size = {}M is smaller than the root filesystem needs ({}M); give at least size = \"{}M\" or leave it out",
+                        r.bytes / MIB,
+                        root_min / MIB,
+                        root_min / MIB
+                    ),
+                ))
             }
+            (Some(r), _) => r.bytes,
+            (None, Some(total)) => {
+                let room = (total / MIB * MIB).saturating_sub(2 * MIB + esp + fixed);
+                let root = room / (1 + slots) / MIB * MIB;
+                if root < root_min.max(MIB) {
+                    return Err(DiskError::TooSmall {
+                        dest: dest.to_path_buf(),
+                        size: total,
+                        needed: 2 * MIB + esp + fixed + root_min.max(MIB) * (1 + slots),
+                    });
+                }
+                root
+            }
+            (None, None) => root_fit.div_ceil(MIB) * MIB,
+        };
+        let extra = layout
+            .extra
+            .iter()
+            .map(|e| e.size.map_or(root, |s| s.bytes))
+            .collect();
+        Ok(Sizes { esp, root, extra })
+    }
+
+    /// Place the partitions: ESP, root, then the layout's, in its order.
+    /// GUIDs are derived from the image digest; the default disk's are
+    /// what they were before layout files.
+    fn table(
+        &self,
+        ctx: &ExportContext,
+        layout: &DiskLayout,
+        sizes: &Sizes,
+        arch: Arch,
+        dest: &Path,
+    ) -> Result<Table, DiskError> {
+        let uuid = |purpose: &str| derive_uuid(purpose, &ctx.image);
+        let esp_uuid = uuid("gpt-esp");
+        let root_uuid = uuid("gpt-root");
+        let extra_uuids: Vec<String> = layout
+            .extra
+            .iter()
+            .map(|e| uuid(&format!("gpt-partition:{}", e.label)))
+            .collect();
+        let mut parts = vec![
+            Part {
+                name: "esp",
+                type_guid: ESP_TYPE,
+                uuid: &esp_uuid,
+                size: sizes.esp,
+            },
+            Part {
+                name: &layout.root_label,
+                type_guid: arch.root_type,
+                uuid: &root_uuid,
+                size: sizes.root,
+            },
+        ];
+        for ((e, size), id) in layout.extra.iter().zip(&sizes.extra).zip(&extra_uuids) {
+            parts.push(Part {
+                name: &e.label,
+                type_guid: e.kind.guid(arch.root_type),
+                uuid: id,
+                size: *size,
+            });
+        }
+        Table::place(&uuid("gpt-disk"), &parts, self.size).map_err(|needed| DiskError::TooSmall {
+            dest: dest.to_path_buf(),
+            size: self.size.unwrap_or_default(),
+            needed,
+        })
+    }
+}
+
+/// Fill the layout's extra partitions: a copy of the root, an empty ext4,
+/// a swap area, or nothing (zeros).
+fn fill_extra(
+    ctx: &ExportContext,
+    layout: &DiskLayout,
+    table: &Table,
+    disk: &fs_err::File,
+    raw: &Path,
+    scratch: &Path,
+) -> Result<(), ExportError> {
+    let root = table.get(&layout.root_label);
+    for e in &layout.extra {
+        let p = table.get(&e.label);
+        match (e.contents, e.filesystem) {
+            (Contents::Copy, _) => gpt::copy_within(disk, root.start, p.start, root.size)?,
+            (Contents::Empty, Filesystem::Ext4) => {
+                Mke2fs {
+                    source: None,
+                    label: &e.label,
+                    uuid: &derive_uuid(&format!("ext4-uuid:{}", e.label), &ctx.image),
+                    size: p.size,
+                    inodes: None,
+                    epoch: ctx.epoch,
+                }
+                .run(raw, p.start, &ctx.tmp_dir)?;
+            }
+            (Contents::Empty, Filesystem::Swap) => {
+                // mkswap writes a file of its own: the header page only,
+                // the rest stays a hole.
+                let area = scratch.join(format!("swap-{}", e.label));
+                fs_err::File::create(&area)?.set_len(p.size)?;
+                let mut cmd = MKSWAP.command()?;
+                cmd.args(["-q", "-L", &e.label, "-U"])
+                    .arg(derive_uuid(&format!("swap-uuid:{}", e.label), &ctx.image))
+                    .arg(&area);
+                MKSWAP.run(cmd, raw)?;
+                gpt::copy_at(&area, disk, p.start, p.size)?;
+                fs_err::remove_file(&area)?;
+            }
+            (Contents::Empty, Filesystem::None) => {}
         }
     }
+    Ok(())
 }
 
 impl Exporter for DiskExporter {
@@ -157,6 +289,19 @@ impl Exporter for DiskExporter {
             .unwrap_or_default(),
         };
         o.insert("rootfs-tool".into(), root_tool);
+        // The layout's content, not its path; no entry without one, so the
+        // default disk keeps its key.
+        if self.layout.is_some() {
+            let layout = self.layout_file()?;
+            o.insert("layout".into(), layout.canonical());
+            if layout
+                .extra
+                .iter()
+                .any(|e| e.filesystem == Filesystem::Swap)
+            {
+                o.insert("mkswap".into(), version(&MKSWAP, &["--version"]));
+            }
+        }
         if self.format == DiskFormat::Qcow2 {
             o.insert("qemu-img".into(), version(&QEMU_IMG, &["--version"]));
         }
@@ -164,16 +309,35 @@ impl Exporter for DiskExporter {
     }
 
     fn export(&self, rootfs: &Path, ctx: &ExportContext, dest: &Path) -> Result<(), ExportError> {
+        let layout = self.layout_file()?;
         let arch = Arch::from_oci(&ctx.arch)?;
         let boot = Boot::find(rootfs, arch)?;
-        let ids = Self::ids(ctx);
+        let root_partuuid = derive_uuid("gpt-root", &ctx.image);
         let options = boot::command_line(
             rootfs,
-            &ids.root,
+            &root_partuuid,
             self.rootfs == RootFs::Erofs,
             self.cmdline.as_deref(),
         )?;
-        let esp_size = esp::esp_size(esp::content_size(&boot)?);
+        let content = esp::content_size(&boot)?;
+        let esp_size = match layout.esp_size {
+            // Room for the files and the two FATs (4 bytes a sector each).
+            Some(s) if s.bytes < content + s.bytes / 64 + MIB => {
+                return Err(layout
+                    .error(
+                        s.line,
+                        format!(
+                            "[esp] size = {}M cannot hold systemd-boot, the kernel and the initrd ({}M); give at least size = \"{}M\" or leave it out",
+                            s.bytes / MIB,
+                            content.div_ceil(MIB),
+                            esp::esp_size(content) / MIB
+                        ),
+                    )
+                    .into())
+            }
+            Some(s) => s.bytes,
+            None => esp::esp_size(content),
+        };
         // Beside the destination: the parts are as large as the disk.
         let parent = dest
             .parent()
@@ -182,7 +346,23 @@ impl Exporter for DiskExporter {
         let scratch = tempfile::Builder::new()
             .prefix(".disk-parts-")
             .tempdir_in(parent)?;
-        let (layout, erofs) = self.layout(rootfs, ctx, esp_size, scratch.path(), dest)?;
+        // An erofs root is made first: only then is its size known.
+        let (erofs, root_fit, root_min) = match self.rootfs {
+            RootFs::Ext4 => (None, ext4::default_size(&ctx.stats), ctx.stats.block_bytes),
+            RootFs::Erofs => {
+                let image = scratch.path().join("root.erofs");
+                ErofsExporter {
+                    compression: "lz4hc".into(),
+                }
+                .export(rootfs, ctx, &image)?;
+                let len = fs_err::metadata(&image)?.len();
+                (Some(image), len, len)
+            }
+        };
+        let sizes = self.sizes(&layout, esp_size, root_fit, root_min, dest)?;
+        let table = self.table(ctx, &layout, &sizes, arch, dest)?;
+        let esp_part = table.get("esp");
+        let root = table.get(&layout.root_label);
         let esp_img = scratch.path().join("esp.img");
         let volume_id = u32::from_str_radix(&derive_uuid("fat-volume-id", &ctx.image)[..8], 16)
             .expect("a derived uuid starts with 8 hex digits");
@@ -193,7 +373,7 @@ impl Exporter for DiskExporter {
                 options: &options,
                 volume_id,
                 epoch: ctx.epoch,
-                size: layout.esp_size,
+                size: esp_part.size,
             },
             &esp_img,
             &ctx.tmp_dir,
@@ -202,19 +382,20 @@ impl Exporter for DiskExporter {
             DiskFormat::Raw => dest.to_path_buf(),
             DiskFormat::Qcow2 => scratch.path().join("disk.raw"),
         };
-        let disk = gpt::create(&raw, layout.total)?;
+        let disk = gpt::create(&raw, table.total)?;
         match &erofs {
-            Some(image) => gpt::copy_at(image, &disk, layout.root_start, layout.root_size)?,
+            Some(image) => gpt::copy_at(image, &disk, root.start, root.size)?,
             // Made in place: the filesystem is not copied again.
             None => Ext4Exporter {
-                size: Some(layout.root_size),
-                label: "root".into(),
+                size: Some(root.size),
+                label: layout.root_label.clone(),
                 inodes: None,
             }
-            .make_at(rootfs, ctx, &raw, layout.root_start)?,
+            .make_at(rootfs, ctx, &raw, root.start)?,
         }
-        gpt::copy_at(&esp_img, &disk, layout.esp_start, layout.esp_size)?;
-        gpt::partition(&raw, &layout, &ids, arch.root_type)?;
+        gpt::copy_at(&esp_img, &disk, esp_part.start, esp_part.size)?;
+        fill_extra(ctx, &layout, &table, &disk, &raw, scratch.path())?;
+        gpt::partition(&raw, &table)?;
         disk.sync_all()?;
         if self.format == DiskFormat::Qcow2 {
             let mut cmd = QEMU_IMG.command()?;
@@ -225,8 +406,9 @@ impl Exporter for DiskExporter {
         }
         tracing::debug!(
             kernel = %boot.version,
-            esp_mib = layout.esp_size / MIB,
-            root_mib = layout.root_size / MIB,
+            esp_mib = esp_part.size / MIB,
+            root_mib = root.size / MIB,
+            partitions = table.partitions.len(),
             "disk made"
         );
         Ok(())
@@ -234,9 +416,14 @@ impl Exporter for DiskExporter {
 
     fn label(&self) -> String {
         format!(
-            "disk ({}, {} root)",
+            "disk ({}, {} root{})",
             self.format.as_str(),
-            self.rootfs.as_str()
+            self.rootfs.as_str(),
+            if self.layout.is_some() {
+                ", layout"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -265,5 +452,92 @@ impl From<DiskError> for ExportError {
             DiskError::Io(e) => ExportError::Io(e),
             e => ExportError::Disk(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exporter(size: Option<u64>) -> DiskExporter {
+        DiskExporter {
+            format: DiskFormat::Raw,
+            size,
+            rootfs: RootFs::Ext4,
+            cmdline: None,
+            layout: None,
+        }
+    }
+
+    fn layout(text: &str) -> DiskLayout {
+        DiskLayout::parse(text, Path::new("disk.toml")).unwrap()
+    }
+
+    const SLOT_AND_DATA: &str = "[[partition]]\nlabel = \"b\"\ntype = \"root\"\n\
+        [[partition]]\nlabel = \"d\"\ntype = \"linux-generic\"\nsize = \"100M\"\n";
+
+    #[test]
+    fn without_size_the_root_fits_its_content_and_a_slot_takes_its_size() {
+        let s = exporter(None)
+            .sizes(
+                &layout(SLOT_AND_DATA),
+                64 * MIB,
+                300 * MIB + 1,
+                200 * MIB,
+                Path::new("x"),
+            )
+            .unwrap();
+        assert_eq!((s.esp, s.root), (64 * MIB, 301 * MIB));
+        assert_eq!(s.extra, [301 * MIB, 100 * MIB]);
+    }
+
+    #[test]
+    fn with_size_the_root_and_its_slots_share_what_is_left() {
+        let s = exporter(Some(1 << 30))
+            .sizes(
+                &layout(SLOT_AND_DATA),
+                64 * MIB,
+                300 * MIB,
+                200 * MIB,
+                Path::new("x"),
+            )
+            .unwrap();
+        // 1024 - 2 (tables) - 64 - 100 = 858, shared by two root slots.
+        assert_eq!(s.root, 429 * MIB);
+        assert_eq!(s.extra, [429 * MIB, 100 * MIB]);
+        let e = exporter(Some(500 * MIB))
+            .sizes(
+                &layout(SLOT_AND_DATA),
+                64 * MIB,
+                300 * MIB,
+                200 * MIB,
+                Path::new("x"),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, DiskError::TooSmall { needed, .. } if needed == 566 * MIB),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_root_size_below_the_content_names_its_line() {
+        let l = layout("[root]\nsize = \"100M\"\n");
+        let e = exporter(None)
+            .sizes(&l, 64 * MIB, 300 * MIB, 200 * MIB, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "disk.toml:2: [root] size = 100M is smaller than the root filesystem needs (200M)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_default_layout_keys_no_layout() {
+        let o = exporter(None).key_options().unwrap();
+        assert!(!o.contains_key("layout"), "{o:?}");
     }
 }
