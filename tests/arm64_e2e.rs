@@ -167,6 +167,34 @@ fn two_platform_template_is_one_index_and_inspect_shows_each_platform() {
         .all(|p| p["architecture"] == "arm64" || p["architecture"] == "all"));
 }
 
+/// The tag the engine holds `MULTI`'s `platform` image under once a build
+/// used it as a parent (`tplbuild/state:` and the manifest digest).
+fn state_tag_of_template(env: &Env, platform: &str) -> String {
+    let json = env.ok(&[
+        "template",
+        "inspect",
+        MULTI,
+        "--platform",
+        platform,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let digest = v["digest"].as_str().unwrap();
+    format!("tplbuild/state:{}", digest.strip_prefix("sha256:").unwrap())
+}
+
+/// The architecture (and, on Docker, the variant after a space) that
+/// `engine` (docker or podman) says a loaded image has.
+fn loaded_arch(engine: &str, tag: &str) -> String {
+    let format = match engine {
+        "docker" => "{{.Architecture}} {{.Variant}}",
+        _ => "{{.Architecture}}",
+    };
+    sh_ok(&format!("{engine} image inspect -f '{format}' {tag}"))
+        .trim_end_matches('\n')
+        .to_string()
+}
+
 /// The architecture `file` sees in `/usr/bin/hello` inside an ext4 image.
 fn hello_arch_in_ext4(img: &Path) -> String {
     sh_ok(&format!(
@@ -187,6 +215,10 @@ fn arm64_builds_alike_on_docker_and_podman_run_aarch64_and_publish_one_index() {
     let d1 = build_arm64(&docker, &minimal(), "docker", &out);
     let file = sh_ok(&format!("file {}", out.join("usr/bin/hello").display()));
     assert!(file.contains("ARM aarch64"), "{file}");
+    // The template went into the engine as the parent of the INSTALL,
+    // labelled arm64 (so the engine has no platform to warn about).
+    let parent = state_tag_of_template(&docker, "linux/arm64");
+    assert_eq!(loaded_arch("docker", &parent), "arm64 ");
     let ext4_docker = docker.path("docker.ext4");
     fs_err::rename(out.with_extension("ext4"), &ext4_docker).unwrap();
     fs_err::remove_dir_all(&out).unwrap();
@@ -196,6 +228,7 @@ fn arm64_builds_alike_on_docker_and_podman_run_aarch64_and_publish_one_index() {
     let out_p = podman.path("out");
     let d2 = build_arm64(&podman, &minimal(), "podman", &out_p);
     assert_eq!(d1, d2, "Docker and Podman arm64 builds differ");
+    assert_eq!(loaded_arch("podman", &parent), "arm64");
     let sum = |p: &Path| sh_ok(&format!("sha256sum < {}", p.display()));
     assert_eq!(
         sum(&ext4_docker),
@@ -378,4 +411,74 @@ fn a_locked_arm64_build_offline_installs_the_arm64_lock() {
         .expect("hello installed");
     assert_eq!(Some(got.version.as_str()), hello["version"].as_str());
     assert_eq!(got.architecture, "arm64");
+}
+
+/// armhf: the minbase imports as a linux/arm/v7 template (from its dpkg
+/// architecture), and the minimal example with a RUN on top builds for it
+/// under qemu-arm. One build (emulated steps are slow).
+#[test]
+fn armhf_template_imports_as_arm_v7_and_builds_the_minimal_example() {
+    if !testbed("an armhf build") {
+        return;
+    }
+    let Some(armhf) = armhf_rootfs_tar() else {
+        assert!(
+            !testbed_required(),
+            "an armhf build: the armhf rootfs is missing (scripts/testbed makes it)"
+        );
+        eprintln!("skipping an armhf build: no armhf rootfs (run scripts/testbed)");
+        return;
+    };
+    let env = Env::new();
+    let base = "127.0.0.1:5000/tests-arm64/base-armhf:1";
+    env.ok(&["template", "import", armhf.to_str().unwrap(), base]);
+    let json = env.ok(&["template", "inspect", base, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["platform"], "linux/arm/v7", "{json}");
+    let template = v["digest"].as_str().unwrap().to_string();
+
+    let bf = env.path("armhf/Buildfile");
+    fs_err::create_dir_all(bf.parent().unwrap()).unwrap();
+    let text = fs_err::read_to_string(minimal()).unwrap();
+    fs_err::write(&bf, format!("{text}RUN uname -m > /etc/build-arch\n")).unwrap();
+    let out = env.path("out");
+    let started = std::time::Instant::now();
+    let o = env.run(&[
+        "build",
+        "-f",
+        bf.to_str().unwrap(),
+        "--build-arg",
+        &format!("BASE={base}"),
+        "--platform",
+        "linux/arm/v7",
+        "--engine",
+        "docker",
+        "--progress",
+        "plain",
+        "-o",
+        &format!("type=dir,dest={}", out.display()),
+    ]);
+    eprintln!(
+        "the armhf build took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", last_lines(&stderr, 25));
+    assert!(
+        !stderr.contains("does not match the detected host platform"),
+        "the engine warned about the platform:\n{}",
+        last_lines(&stderr, 25)
+    );
+    let file = sh_ok(&format!("file {}", out.join("usr/bin/hello").display()));
+    assert!(
+        file.contains("32-bit") && file.contains("ARM, EABI5"),
+        "{file}"
+    );
+    let arch = fs_err::read_to_string(out.join("etc/build-arch")).unwrap();
+    assert_eq!(arch.trim(), "armv7l");
+    let parent = format!(
+        "tplbuild/state:{}",
+        template.strip_prefix("sha256:").unwrap()
+    );
+    assert_eq!(loaded_arch("docker", &parent), "arm v7");
 }
