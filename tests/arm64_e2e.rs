@@ -296,6 +296,50 @@ fn arm64_builds_alike_on_docker_and_podman_run_aarch64_and_publish_one_index() {
         d1.as_str(),
         "the index names the arm64 image built before"
     );
+    // The store records both platforms under the Buildfile's name: export
+    // picks one with --platform, this machine's (amd64) without.
+    let rows: serde_json::Value = serde_json::from_str(&docker.ok(&["images", "--json"])).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "minimal")
+        .expect("the build is listed");
+    assert_eq!(
+        row["platforms"],
+        serde_json::json!(["linux/amd64", "linux/arm64"]),
+        "{rows}"
+    );
+    let exported_hello = |platform: Option<&str>| {
+        let tar = docker.path("export.tar");
+        let mut args = vec!["export", "minimal", "-o", tar.to_str().unwrap()];
+        args.extend(platform.map(|p| ["--platform", p]).into_iter().flatten());
+        docker.ok(&args);
+        sh_ok(&format!(
+            "tar -xOf {} usr/bin/hello | file -",
+            tar.display()
+        ))
+    };
+    let arm = exported_hello(Some("linux/arm64"));
+    assert!(arm.contains("ARM aarch64"), "{arm}");
+    let host = exported_hello(None);
+    assert!(host.contains("x86-64"), "{host}");
+    let bad = docker.path("riscv64.tar");
+    let o = docker.run(&[
+        "export",
+        "minimal",
+        "--platform",
+        "linux/riscv64",
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("linux/amd64, linux/arm64") && err.contains("--platform"),
+        "{err}"
+    );
+
     sh_ok(&format!("docker pull -q --platform linux/arm64 {tag}"));
     let arch = sh_ok(&format!(
         "docker image inspect -f '{{{{.Architecture}}}}' {tag}"
@@ -359,9 +403,28 @@ fn a_kernel_without_a_qemu_handler_stops_with_the_install_hint() {
     assert!(err.contains("Buildfile:4"), "names the step: {err}");
 }
 
+/// The version and architecture of `name` in a lockfile's first step.
+fn locked(lockfile: &Path, name: &str) -> (String, String) {
+    let lock: toml::Value = toml::from_str(&fs_err::read_to_string(lockfile).unwrap()).unwrap();
+    let p = lock["step"][0]["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{name} is locked in {}", lockfile.display()))
+        .clone();
+    (
+        p["version"].as_str().unwrap().to_string(),
+        p["architecture"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Lockfiles per platform, `plan` and `bundle` for a platform list, and
+/// an offline build from the bundle, with no network, for each platform
+/// that installs exactly its platform's locked versions.
 #[test]
-fn a_locked_arm64_build_offline_installs_the_arm64_lock() {
-    let Some(env) = env_with_template("a locked arm64 build") else {
+fn a_locked_two_platform_bundle_builds_offline_per_platform() {
+    let Some(env) = env_with_template("a locked two-platform bundle") else {
         return;
     };
     let dir = env.path("bf");
@@ -369,48 +432,64 @@ fn a_locked_arm64_build_offline_installs_the_arm64_lock() {
     let f = dir.join("Buildfile");
     fs_err::write(&f, format!("FROM {MULTI}\nINSTALL hello\n")).unwrap();
     let f = f.to_str().unwrap();
-    let arm64 = ["--platform", "linux/arm64"];
-    env.ok(&[&["lock", "-f", f][..], &arm64].concat());
+    env.ok(&["lock", "-f", f, "--platform", "linux/arm64"]);
     assert!(
         !dir.join("Buildfile.lock").exists(),
         "the amd64 lockfile is not written"
     );
-    let lock: toml::Value =
-        toml::from_str(&fs_err::read_to_string(dir.join("Buildfile.linux-arm64.lock")).unwrap())
-            .unwrap();
-    let hello = lock["step"][0]["package"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"].as_str() == Some("hello"))
-        .expect("hello is locked")
-        .clone();
-    assert_eq!(hello["architecture"].as_str(), Some("arm64"));
-    env.ok(&[&["fetch", "-f", f][..], &arm64].concat());
-    // Offline means the template's layers must be in the store too.
-    env.ok(&[&["pull", MULTI][..], &arm64].concat());
+    let arm64_lock = locked(&dir.join("Buildfile.linux-arm64.lock"), "hello");
+    assert_eq!(arm64_lock.1, "arm64");
+    env.ok(&["lock", "-f", f, "--platform", "linux/amd64"]);
+    let amd64_lock = locked(&dir.join("Buildfile.lock"), "hello");
+    assert_eq!(amd64_lock.1, "amd64");
 
-    let out = env.path("out");
-    let dest = format!("type=dir,dest={}", out.display());
-    let build = [
-        "build",
-        "-f",
-        f,
-        "--offline",
-        "--network",
-        "none",
-        "--engine",
-        "docker",
-    ];
-    env.ok(&[&build[..], &arm64, &["-o", &dest]].concat());
-    let status = fs_err::read_to_string(out.join("var/lib/dpkg/status")).unwrap();
-    let installed = tplbuild::template::rootfs::parse_dpkg_status(&status);
-    let got = installed
+    let both = ["--platform", "linux/amd64,linux/arm64"];
+    // plan: each platform's plan, one JSON object each.
+    let plans: serde_json::Value =
+        serde_json::from_str(&env.ok(&[&["plan", "-f", f, "--json"][..], &both].concat())).unwrap();
+    let plans = plans.as_array().expect("a list, one plan per platform");
+    let platforms: Vec<&str> = plans
         .iter()
-        .find(|p| p.name == "hello")
-        .expect("hello installed");
-    assert_eq!(Some(got.version.as_str()), hello["version"].as_str());
-    assert_eq!(got.architecture, "arm64");
+        .map(|p| p["platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    assert_ne!(
+        plans[0]["steps"][0]["key"], plans[1]["steps"][0]["key"],
+        "the platforms' step keys differ"
+    );
+    let text = env.ok(&[&["plan", "-f", f][..], &both].concat());
+    assert!(
+        text.contains("# linux/amd64") && text.contains("# linux/arm64"),
+        "{text}"
+    );
+
+    // bundle: every platform's template and locked .debs.
+    let bundle = env.path("bundle");
+    env.ok(&[&["bundle", "-f", f][..], &both, &[bundle.to_str().unwrap()]].concat());
+    for (platform, (version, arch)) in [("linux/amd64", &amd64_lock), ("linux/arm64", &arm64_lock)]
+    {
+        let out = env.path(&format!("out-{arch}"));
+        // The other machine: only the bundle, no registry, no network.
+        let o = std::process::Command::new(bin())
+            .arg("--home")
+            .arg(&bundle)
+            .env("TPLBUILD_CONFIG_DIR", env.path("no-config"))
+            .args(["build", "-f", f, "--offline", "--network", "none"])
+            .args(["--engine", "docker", "--platform", platform, "-o"])
+            .arg(format!("type=dir,dest={}", out.display()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{platform}: {}", last_lines(&err, 25));
+        let status = fs_err::read_to_string(out.join("var/lib/dpkg/status")).unwrap();
+        let installed = tplbuild::template::rootfs::parse_dpkg_status(&status);
+        let got = installed
+            .iter()
+            .find(|p| p.name == "hello")
+            .expect("hello installed");
+        assert_eq!(&got.version, version, "{platform}");
+        assert_eq!(&got.architecture, arch, "{platform}");
+    }
 }
 
 /// armhf: the minbase imports as a linux/arm/v7 template (from its dpkg
