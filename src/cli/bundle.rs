@@ -45,13 +45,16 @@ struct Part {
 pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
     let mut parts = vec![];
-    for bf in a.bf.per_platform()? {
-        let part = gather(ctx, &client, &bf).await;
-        parts.push(match &bf.platform {
-            Some(p) if bf.platform != a.bf.platform => {
-                part.with_context(|| format!("bundling for {p}"))?
-            }
-            _ => part?,
+    let each = a.bf.per_platform()?;
+    for bf in &each {
+        let label = match (each.len() > 1, &bf.platform) {
+            (true, Some(p)) => format!(" for {p}"),
+            _ => String::new(),
+        };
+        let part = gather(ctx, &client, bf, &label).await;
+        parts.push(match label.is_empty() {
+            true => part?,
+            false => part.with_context(|| format!("bundling{label}"))?,
         });
     }
     let several = parts.len() > 1;
@@ -141,6 +144,7 @@ async fn gather(
     ctx: &Context,
     client: &crate::registry::Client,
     bf: &BuildfileArgs,
+    label: &str,
 ) -> anyhow::Result<Part> {
     let plan = make_locked_plan(ctx, bf, false).await?;
     let store = &ctx.store;
@@ -173,7 +177,7 @@ async fn gather(
             }
             None => {
                 eprintln!(
-                    "warning: step {} (`{}`) was never built here; the bundle holds the steps before it \
+                    "warning: step {} (`{}`) was never built here{label}; the bundle holds the steps before it \
                      (build once before bundling to include every step)",
                     step.number, step.text
                 );
