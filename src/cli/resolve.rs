@@ -26,8 +26,17 @@ pub async fn resolve_arg(
     // the registry's (its referrers, its current tag), and the copy this
     // machine pushed there only stands in when the registry cannot answer.
     let asked = platform.map(|p| parse_platform(Some(p))).transpose()?;
-    let local = transfer::local::find(&ctx.store, typed, asked.as_ref()).map_err(local_error)?;
     let digest_typed = typed.trim_start_matches('@').starts_with("sha256:");
+    let local = match transfer::local::find(&ctx.store, typed, asked.as_ref()) {
+        // A tag this machine published without that platform: the
+        // registry's answer (and its error) is the one that counts.
+        Err(transfer::local::LocalError::NoPlatform { .. })
+            if !(digest_typed || looks_local(typed)) =>
+        {
+            None
+        }
+        r => r.map_err(local_error)?,
+    };
     if digest_typed || looks_local(typed) {
         if let Some(local) = local {
             return Ok((in_store(local.clone()), client, local));
