@@ -3,7 +3,8 @@
 //! each platform's outputs written to its own `dest` (see
 //! [`OutputSpec::for_platform`]), the registry cache filled with every
 //! platform's steps (pushes merge), and every `--tag` given one
-//! multi-platform index naming each platform's image.
+//! multi-platform index naming each platform's image. The store records
+//! that index as `build:NAME` too (see [`transfer::local::record_index`]).
 
 use anyhow::Context as _;
 
@@ -70,6 +71,13 @@ pub async fn run(
         done.push((platform.clone(), report));
     }
     let images: Vec<Image> = done.iter().map(|(_, r)| r.built.image.clone()).collect();
+    // `build:NAME` names every platform's image (each platform's job
+    // recorded only its own), so `export NAME --platform P` finds P's.
+    let sources: Vec<&transfer::Sources> = done.iter().map(|(_, r)| &r.built.sources).collect();
+    if let Some((_, first)) = done.first() {
+        let recorded_as = format!("{}{}", transfer::local::BUILD_PREFIX, first.name);
+        transfer::local::record_index(store, &recorded_as, &images, &sources)?;
+    }
     let registry_of = |d: &Digest| {
         done.iter()
             .find_map(|(_, r)| r.built.sources.registry_of(d))
@@ -89,6 +97,8 @@ pub async fn run(
             "tag",
             &format!("published {t}@{d} ({} platforms)", images.len()),
         );
+        let tag_name = format!("{}{t}", transfer::local::TAG_PREFIX);
+        transfer::local::record_index(store, &tag_name, &images, &sources)?;
         published.push((t.clone(), d));
     }
     Ok(MultiReport {

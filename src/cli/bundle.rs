@@ -6,6 +6,8 @@
 //! records of every step already built, the locked .debs, and the
 //! template's signatures (so that a FROM policy is checked offline too).
 //! On the other machine: `tplbuild --home OUT build -f FILE --offline`.
+//! With `--platform A,B` it holds every platform's template, steps and
+//! .debs (each from that platform's lockfile).
 
 use std::path::PathBuf;
 
@@ -33,12 +35,121 @@ pub struct BundleArgs {
     pub out: PathBuf,
 }
 
+/// What one platform puts in the bundle.
+struct Part {
+    plan: crate::plan::Plan,
+    records: Vec<crate::store::StepRecord>,
+    debs: Vec<crate::oci::Digest>,
+}
+
 pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
-    let plan = make_locked_plan(ctx, &a.bf, false).await?;
     let client = ctx.client()?;
+    let mut parts = vec![];
+    let each = a.bf.per_platform()?;
+    for bf in &each {
+        let label = match (each.len() > 1, &bf.platform) {
+            (true, Some(p)) => format!(" for {p}"),
+            _ => String::new(),
+        };
+        let part = gather(ctx, &client, bf, &label).await;
+        parts.push(match label.is_empty() {
+            true => part?,
+            false => part.with_context(|| format!("bundling{label}"))?,
+        });
+    }
+    let several = parts.len() > 1;
+    let store = &ctx.store;
+    let out = Store::open(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // Marks the store as a bundle: `tplbuild prune` leaves it alone.
+    fs_err::write(
+        out.root().join(crate::store::BUNDLE_MARKER),
+        "made by `tplbuild bundle`: an offline machine builds from what is here, so `tplbuild prune` refuses to touch it without --force\n",
+    )?;
+    let mut bytes = 0;
+    for part in &parts {
+        let (plan, records, debs) = (&part.plan, &part.records, &part.debs);
+        let base = &plan.base;
+        let mut blobs: Vec<crate::oci::Digest> = vec![
+            base.image.digest(),
+            base.image.manifest.config.digest.clone(),
+        ];
+        blobs.extend(base.image.layers().iter().map(|l| l.digest.clone()));
+        blobs.extend(records.iter().map(|r| r.layer.digest.clone()));
+        blobs.extend(debs.iter().cloned());
+        for d in &blobs {
+            if out.has_blob(d) {
+                continue;
+            }
+            let mut r = store.open_blob(d)?;
+            let mut w = out.blob_writer()?;
+            std::io::copy(&mut r, &mut w).with_context(|| format!("copying blob {d}"))?;
+            bytes += w.written();
+            w.commit(Some((d, store.blob_size(d).unwrap_or(0))))?;
+        }
+        for (desc, diff_id) in base.image.layers().iter().zip(base.image.diff_ids()) {
+            let size = crate::stage::uncompressed_size(store, desc, diff_id)?;
+            crate::stage::remember_uncompressed_size(&out, diff_id, size);
+        }
+        for rec in records {
+            out.put_step(rec)?;
+            crate::stage::remember_uncompressed_size(&out, &rec.diff_id, rec.uncompressed_size);
+        }
+        // FROM resolves offline by this name; the layout shows the template too.
+        let mut signatures = 0;
+        if let crate::oci::Target::Registry(r) =
+            crate::oci::Target::parse(&plan.buildfile.from.reference)?
+        {
+            out.set_name(
+                &transfer::resolved_name(&r, &plan.platform),
+                &base.image.descriptor(),
+            )?;
+            // An offline build under a FROM policy verifies these.
+            signatures = crate::sign::keep_for_offline(&out, &client, &r, &base.image.digest())
+                .await
+                .context("reading the template's signatures")?;
+        }
+        let desc: Descriptor = base.image.descriptor();
+        let (name, label) = match several {
+            true => (
+                format!("template:{}", plan.platform.to_string().replace('/', "-")),
+                format!("{}: ", plan.platform),
+            ),
+            false => ("template".to_string(), String::new()),
+        };
+        out.set_name(&name, &desc)?;
+        eprintln!(
+            "bundle {}: {label}the template ({} signature(s)), {} step layer(s), {} .deb(s)",
+            a.out.display(),
+            signatures,
+            records.len(),
+            debs.len(),
+        );
+    }
+    eprintln!("bundle {}: {} written", a.out.display(), human_size(bytes));
+    let platform = match several {
+        true => " --platform PLATFORM",
+        false => "",
+    };
+    eprintln!(
+        "build from it with: tplbuild --home {} build -f {} --offline{platform}",
+        a.out.display(),
+        a.bf.buildfile().display()
+    );
+    Ok(())
+}
+
+/// One platform's plan, with its template's layers, its locked .debs and
+/// its built steps in the store.
+async fn gather(
+    ctx: &Context,
+    client: &crate::registry::Client,
+    bf: &BuildfileArgs,
+    label: &str,
+) -> anyhow::Result<Part> {
+    let plan = make_locked_plan(ctx, bf, false).await?;
     let store = &ctx.store;
     let base = &plan.base;
-    transfer::ensure_blobs(store, &client, &base.source, base.image.layers())
+    transfer::ensure_blobs(store, client, &base.source, base.image.layers())
         .await
         .context("fetching the template's layers")?;
     let mut debs = vec![];
@@ -66,7 +177,7 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
             }
             None => {
                 eprintln!(
-                    "warning: step {} (`{}`) was never built here; the bundle holds the steps before it \
+                    "warning: step {} (`{}`) was never built here{label}; the bundle holds the steps before it \
                      (build once before bundling to include every step)",
                     step.number, step.text
                 );
@@ -75,66 +186,9 @@ pub async fn bundle_cmd(ctx: &Context, a: BundleArgs) -> anyhow::Result<()> {
         }
     }
 
-    let out = Store::open(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    // Marks the store as a bundle: `tplbuild prune` leaves it alone.
-    fs_err::write(
-        out.root().join(crate::store::BUNDLE_MARKER),
-        "made by `tplbuild bundle`: an offline machine builds from what is here, so `tplbuild prune` refuses to touch it without --force\n",
-    )?;
-    let mut blobs: Vec<crate::oci::Digest> = vec![
-        base.image.digest(),
-        base.image.manifest.config.digest.clone(),
-    ];
-    blobs.extend(base.image.layers().iter().map(|l| l.digest.clone()));
-    blobs.extend(records.iter().map(|r| r.layer.digest.clone()));
-    blobs.extend(debs.iter().cloned());
-    let mut bytes = 0;
-    for d in &blobs {
-        if out.has_blob(d) {
-            continue;
-        }
-        let mut r = store.open_blob(d)?;
-        let mut w = out.blob_writer()?;
-        std::io::copy(&mut r, &mut w).with_context(|| format!("copying blob {d}"))?;
-        bytes += w.written();
-        w.commit(Some((d, store.blob_size(d).unwrap_or(0))))?;
-    }
-    for (desc, diff_id) in base.image.layers().iter().zip(base.image.diff_ids()) {
-        let size = crate::stage::uncompressed_size(store, desc, diff_id)?;
-        crate::stage::remember_uncompressed_size(&out, diff_id, size);
-    }
-    for rec in &records {
-        out.put_step(rec)?;
-        crate::stage::remember_uncompressed_size(&out, &rec.diff_id, rec.uncompressed_size);
-    }
-    // FROM resolves offline by this name; the layout shows the template too.
-    let mut signatures = 0;
-    if let crate::oci::Target::Registry(r) =
-        crate::oci::Target::parse(&plan.buildfile.from.reference)?
-    {
-        out.set_name(
-            &transfer::resolved_name(&r, &plan.platform),
-            &base.image.descriptor(),
-        )?;
-        // An offline build under a FROM policy verifies these.
-        signatures = crate::sign::keep_for_offline(&out, &client, &r, &base.image.digest())
-            .await
-            .context("reading the template's signatures")?;
-    }
-    let desc: Descriptor = base.image.descriptor();
-    out.set_name("template", &desc)?;
-    eprintln!(
-        "bundle {}: the template ({} signature(s)), {} step layer(s), {} .deb(s), {}",
-        a.out.display(),
-        signatures,
-        records.len(),
-        debs.len(),
-        human_size(bytes)
-    );
-    eprintln!(
-        "build from it with: tplbuild --home {} build -f {} --offline",
-        a.out.display(),
-        a.bf.buildfile().display()
-    );
-    Ok(())
+    Ok(Part {
+        plan,
+        records,
+        debs,
+    })
 }

@@ -99,7 +99,10 @@ async fn every_platform(
     // A platform asked for, or a build of this machine (one platform
     // each): one image.
     if platform.is_some()
-        || crate::transfer::local::find(&ctx.store, reference).is_ok_and(|l| l.is_some())
+        || !matches!(
+            crate::transfer::local::find(&ctx.store, reference, None),
+            Ok(None)
+        )
     {
         return Ok(None);
     }

@@ -18,7 +18,8 @@ Examples:
   tplbuild images
   tplbuild images --all --json")]
 pub struct ImagesArgs {
-    /// One JSON array: name, kind, digest, size (bytes), recorded (Unix seconds).
+    /// One JSON array: name, kind, digest, size (bytes), recorded (Unix
+    /// seconds), and platforms for a multi-platform build.
     #[arg(long)]
     pub json: bool,
     /// Also list images resolved from registries (templates, pulls).
@@ -35,21 +36,37 @@ pub fn images(ctx: &Context, a: ImagesArgs) -> anyhow::Result<()> {
         .filter(|i| a.all || matches!(i.kind, LocalKind::Build | LocalKind::Tag))
         .map(|i| {
             // The layers' size, from the manifest (the layers themselves
-            // may still be in a registry cache).
-            let size = crate::transfer::load_image(&ctx.store, &i.descriptor.digest)
-                .map(|img| img.layers_size())
-                .ok();
-            (i, size)
+            // may still be in a registry cache); a multi-platform build's
+            // is every platform's.
+            let platforms = local::platforms_of(&ctx.store, &i.descriptor)
+                .ok()
+                .flatten()
+                .map(|all| {
+                    let size = all.iter().map(|(_, img)| img.layers_size()).sum::<u64>();
+                    let names = all.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>();
+                    (names, size)
+                });
+            let size = match &platforms {
+                Some((_, size)) => Some(*size),
+                None => crate::transfer::load_image(&ctx.store, &i.descriptor.digest)
+                    .map(|img| img.layers_size())
+                    .ok(),
+            };
+            (i, size, platforms.map(|(names, _)| names))
         })
         .collect();
     if a.json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(i, size)| {
-                serde_json::json!({
+            .map(|(i, size, platforms)| {
+                let mut v = serde_json::json!({
                     "name": i.name, "kind": i.kind, "digest": i.descriptor.digest,
                     "size": size, "recorded": i.recorded,
-                })
+                });
+                if let Some(p) = platforms {
+                    v["platforms"] = serde_json::json!(p);
+                }
+                v
             })
             .collect();
         println!("{}", serde_json::Value::Array(v));
@@ -59,9 +76,14 @@ pub fn images(ctx: &Context, a: ImagesArgs) -> anyhow::Result<()> {
         eprintln!("no builds in the store yet; `tplbuild build` records each one here");
         return Ok(());
     }
+    // A multi-platform build shows its platforms after its name.
+    let shown = |i: &local::LocalImage, platforms: &Option<Vec<String>>| match platforms {
+        Some(p) => format!("{} ({})", i.name, p.join(", ")),
+        None => i.name.clone(),
+    };
     let width = rows
         .iter()
-        .map(|(i, _)| i.name.len())
+        .map(|(i, _, p)| shown(i, p).len())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -69,7 +91,7 @@ pub fn images(ctx: &Context, a: ImagesArgs) -> anyhow::Result<()> {
         "{:width$}  {:6}  {:19}  {:>9}  RECORDED",
         "NAME", "KIND", "DIGEST", "SIZE"
     );
-    for (i, size) in &rows {
+    for (i, size, platforms) in &rows {
         let kind = match i.kind {
             LocalKind::Build => "build",
             LocalKind::Tag => "tag",
@@ -83,7 +105,8 @@ pub fn images(ctx: &Context, a: ImagesArgs) -> anyhow::Result<()> {
             || "-".into(),
             |t| format!("{} ago", human_age(now.saturating_sub(t))),
         );
-        println!("{:width$}  {kind:6}  {short:19}  {size:>9}  {when}", i.name);
+        let name = shown(i, platforms);
+        println!("{name:width$}  {kind:6}  {short:19}  {size:>9}  {when}");
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! `tplbuild plan`: the build's own step walk without an executor, printed.
+//! With `--platform A,B`, each platform's in turn (JSON: a list).
 
 use serde_json::json;
 
-use super::args::{parse_registry_ref, PlanArgs};
+use super::args::{parse_registry_ref, BuildfileArgs, PlanArgs};
 use super::Context;
 use crate::build::{self, job, HitSource, StepCache, StepStatus};
 use crate::progress::{Progress, ProgressMode};
@@ -10,7 +11,35 @@ use crate::progress::{Progress, ProgressMode};
 pub async fn plan_cmd(ctx: &Context, mut a: PlanArgs) -> anyhow::Result<()> {
     let path = a.path.take();
     a.bf = a.bf.with_path(path)?;
-    let plan = super::args::make_locked_plan(ctx, &a.bf, false).await?;
+    let each = a.bf.per_platform()?;
+    let several = each.len() > 1;
+    let mut shown = vec![];
+    for bf in &each {
+        if several && !a.json {
+            if !shown.is_empty() {
+                println!();
+            }
+            println!("# {}", bf.platform.as_deref().unwrap_or_default());
+        }
+        shown.push(plan_one(ctx, &a, bf).await?);
+    }
+    if a.json {
+        let v = match <[_; 1]>::try_from(shown) {
+            Ok([one]) => one,
+            Err(all) => serde_json::Value::Array(all),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+/// One platform's plan: printed as text, or returned as JSON for `--json`.
+async fn plan_one(
+    ctx: &Context,
+    a: &PlanArgs,
+    bf: &BuildfileArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let plan = super::args::make_locked_plan(ctx, bf, false).await?;
     let client = ctx.client()?;
     let quiet = Progress::new(ProgressMode::Plain);
     let refs = a
@@ -28,15 +57,13 @@ pub async fn plan_cmd(ctx: &Context, mut a: PlanArgs) -> anyhow::Result<()> {
     let total = walked.steps.len();
     if a.json {
         let rows: Vec<_> = walked.steps.iter().map(plan_row).collect();
-        let v = json!({
+        return Ok(json!({
             "buildfile": plan.buildfile.path.display().to_string(),
             "from": plan.base.pinned,
             "platform": plan.platform.to_string(),
             "epoch": plan.epoch,
             "steps": rows,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        }));
     }
     println!("FROM {}", plan.base.pinned);
     for s in &walked.steps {
@@ -59,7 +86,7 @@ pub async fn plan_cmd(ctx: &Context, mut a: PlanArgs) -> anyhow::Result<()> {
             println!("      {reason}");
         }
     }
-    Ok(())
+    Ok(serde_json::Value::Null)
 }
 
 fn source_name(from: &HitSource) -> String {

@@ -25,8 +25,18 @@ pub async fn resolve_arg(
     // A digest or a bare name is this machine's; a registry reference is
     // the registry's (its referrers, its current tag), and the copy this
     // machine pushed there only stands in when the registry cannot answer.
-    let local = transfer::local::find(&ctx.store, typed).map_err(local_error)?;
+    let asked = platform.map(|p| parse_platform(Some(p))).transpose()?;
     let digest_typed = typed.trim_start_matches('@').starts_with("sha256:");
+    let local = match transfer::local::find(&ctx.store, typed, asked.as_ref()) {
+        // A tag this machine published without that platform: the
+        // registry's answer (and its error) is the one that counts.
+        Err(transfer::local::LocalError::NoPlatform { .. })
+            if !(digest_typed || looks_local(typed)) =>
+        {
+            None
+        }
+        r => r.map_err(local_error)?,
+    };
     if digest_typed || looks_local(typed) {
         if let Some(local) = local {
             return Ok((in_store(local.clone()), client, local));
@@ -85,6 +95,16 @@ fn local_error(e: transfer::local::LocalError) -> anyhow::Error {
         transfer::local::LocalError::Ambiguous { .. } => Failure::bad_input(e.to_string())
             .with_hint("type more digits of the digest")
             .into(),
+        transfer::local::LocalError::NoPlatform { ref available, .. } => {
+            let first = available
+                .split(", ")
+                .next()
+                .unwrap_or("linux/arm64")
+                .to_string();
+            Failure::bad_input(e.to_string())
+                .with_hint(format!("pick one with --platform, e.g. --platform {first}"))
+                .into()
+        }
         e => e.into(),
     }
 }

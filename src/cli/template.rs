@@ -10,6 +10,7 @@ use serde_json::json;
 use super::{human_size, parse_platform, Context, Failure};
 use crate::image::keys;
 use crate::oci::{Compression, Target};
+use crate::registry::RegistryError;
 use crate::template::{self, ImportOptions};
 use crate::transfer;
 
@@ -260,20 +261,25 @@ async fn attach_sbom(
 async fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<()> {
     let target = parse_target(&a.reference)?;
     let client = ctx.client()?;
-    // A multi-platform template shows every platform unless one is asked for.
-    let platforms = match &a.platform {
-        Some(p) => vec![parse_platform(Some(p))?],
+    // A multi-platform template shows every platform unless one is asked
+    // for; a single image is shown whatever its platform (an armhf
+    // template on an amd64 machine).
+    let (platforms, single) = match &a.platform {
+        Some(p) => (vec![parse_platform(Some(p))?], false),
         None => match transfer::index_entries(&ctx.store, &client, &target)
             .await
             .with_context(|| format!("reading {target}"))?
         {
-            Some(entries) => entries.into_iter().filter_map(|d| d.platform).collect(),
-            None => vec![crate::oci::Platform::host()],
+            Some(entries) => (
+                entries.into_iter().filter_map(|d| d.platform).collect(),
+                false,
+            ),
+            None => (vec![crate::oci::Platform::host()], true),
         },
     };
     let mut shown = vec![];
     for platform in &platforms {
-        shown.push(inspect_one(ctx, &client, &target, platform, a.json).await?);
+        shown.push(inspect_one(ctx, &client, &target, platform, single, a.json).await?);
     }
     if a.json {
         let v = match <[_; 1]>::try_from(shown) {
@@ -291,11 +297,21 @@ async fn inspect_one(
     client: &crate::registry::Client,
     target: &Target,
     platform: &crate::oci::Platform,
+    any_platform: bool,
     as_json: bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let resolved = transfer::resolve(&ctx.store, client, target, platform)
-        .await
-        .with_context(|| format!("reading {target}"))?;
+    let resolved = match transfer::resolve(&ctx.store, client, target, platform).await {
+        // One image, not the host's platform: show it as it is.
+        Err(transfer::TransferError::Registry(RegistryError::NoMatchingPlatform {
+            available,
+            ..
+        })) if any_platform && available.len() == 1 => {
+            let theirs = parse_platform(Some(&available[0]))?;
+            transfer::resolve(&ctx.store, client, target, &theirs).await
+        }
+        r => r,
+    }
+    .with_context(|| format!("reading {target}"))?;
     let image = &resolved.image;
     let packages = image.packages();
     let created = image

@@ -17,6 +17,7 @@ use super::{
     EngineKind, LineSink, LoadLayer, LoadSpec, StepEngine,
 };
 use crate::layer::{ChangeSet, TreeIndex};
+use crate::oci::Platform;
 
 /// What running a container with a given script does.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +120,7 @@ impl StepEngine for FakeEngine {
         &'a self,
         tag: &'a str,
         _: &'a LoadLayer,
+        _: &'a Platform,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         Box::pin(async move {
             self.images.lock().unwrap().insert(tag.to_string());

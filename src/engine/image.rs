@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::archive::{open_uncompressed, write_docker_archive, ChannelWriter, LoadLayer, LoadSpec};
 use super::{is_not_found, Engine, EngineError};
-use crate::oci::Digest;
+use crate::oci::{Digest, Platform};
 
 /// The repositories of the images tplbuild loads into an engine: parent
 /// states of steps, and template layers imported on their own.
@@ -205,7 +205,16 @@ impl Engine {
     /// template). The layer's diff_id is the digest of the stream, so a
     /// later `load` that leaves this layer out finds it by chain id.
     /// Returns false when the engine's layer does not carry `diff_id`.
-    pub async fn import_layer(&self, tag: &str, layer: &LoadLayer) -> Result<bool, EngineError> {
+    ///
+    /// The image is labelled as `platform`'s (without it both engines say
+    /// the host's), so that `docker images` does not show an arm64
+    /// template's layer as amd64.
+    pub async fn import_layer(
+        &self,
+        tag: &str,
+        layer: &LoadLayer,
+        platform: &Platform,
+    ) -> Result<bool, EngineError> {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
         let reader = {
             let layer = layer.clone();
@@ -234,6 +243,7 @@ impl Engine {
         let options = CreateImageOptions {
             from_src: Some("-".to_string()),
             repo: Some(tag.to_string()),
+            platform: platform.to_string(),
             ..Default::default()
         };
         let mut progress =

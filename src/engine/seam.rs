@@ -19,6 +19,7 @@ use super::{
     LoadLayer, LoadSpec,
 };
 use crate::layer::{ChangeSet, TreeIndex};
+use crate::oci::Platform;
 use crate::progress::Progress;
 
 /// A tar stream sent into a container.
@@ -47,12 +48,13 @@ pub trait StepEngine: Send + Sync {
         tag: &'a str,
         spec: &'a LoadSpec,
     ) -> BoxFuture<'a, Result<(), EngineError>>;
-    /// Import one layer as an image of its own; true when the engine holds
-    /// it under the expected diff_id.
+    /// Import one layer as an image of its own, labelled as `platform`'s;
+    /// true when the engine holds it under the expected diff_id.
     fn import_layer<'a>(
         &'a self,
         tag: &'a str,
         layer: &'a LoadLayer,
+        platform: &'a Platform,
     ) -> BoxFuture<'a, Result<bool, EngineError>>;
     fn remove_image<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<(), EngineError>>;
     /// Create a labelled step container (not started).
@@ -106,8 +108,9 @@ impl StepEngine for Engine {
         &'a self,
         tag: &'a str,
         layer: &'a LoadLayer,
+        platform: &'a Platform,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
-        Box::pin(Engine::import_layer(self, tag, layer))
+        Box::pin(Engine::import_layer(self, tag, layer, platform))
     }
     fn remove_image<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(Engine::remove_image(self, tag))

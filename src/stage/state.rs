@@ -116,7 +116,8 @@ impl EngineState {
             }
             transfer::ensure_from(store, client, sources, std::slice::from_ref(desc)).await?;
             let layer = load_layer(store, desc, diff_id, 0, false);
-            let matched = engine.import_layer(&tag, &layer).await?;
+            let platform = image.config.platform();
+            let matched = engine.import_layer(&tag, &layer, &platform).await?;
             if !matched {
                 let _ = engine.remove_image(&tag).await;
             }

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{load_image, BlobSource, Resolved, Sources, TransferError};
-use crate::oci::{Descriptor, Digest, Reference};
+use crate::image::Image;
+use crate::oci::{Descriptor, Digest, ManifestDoc, Platform, Reference};
 use crate::store::index::REF_NAME;
 use crate::store::{Store, StoreError};
 
@@ -37,6 +38,16 @@ const MIN_PREFIX: usize = 7;
 pub enum LocalError {
     #[error("{typed:?} matches several images in the store: {candidates}")]
     Ambiguous { typed: String, candidates: String },
+    #[error("{typed} was built for {available}; {}", match .wanted {
+        Some(p) => format!("not for {p}"),
+        None => format!("this machine is {}", Platform::host()),
+    })]
+    NoPlatform {
+        typed: String,
+        /// The platform asked for (`None`: none was, and the host's is not there).
+        wanted: Option<Platform>,
+        available: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -125,11 +136,100 @@ pub fn record(
     store.set_name_stamped(recorded_as, &desc, RECORDED, &now.to_string())
 }
 
+/// Record a multi-platform build (`build --platform A,B`) under
+/// `recorded_as`: the index naming each platform's image, and where every
+/// platform's blobs come from. `tplbuild export NAME --platform P` then
+/// finds P's image in it.
+pub fn record_index(
+    store: &Store,
+    recorded_as: &str,
+    images: &[Image],
+    sources: &[&Sources],
+) -> Result<Descriptor, LocalError> {
+    let bytes = super::index_bytes(images).map_err(TransferError::from)?;
+    let digest = store.put_bytes(&bytes)?;
+    let desc = Descriptor::new(crate::oci::MediaType::OCI_INDEX, digest, bytes.len() as u64);
+    let mut all = match sources.first() {
+        Some(s) => (*s).clone(),
+        None => Sources::new(BlobSource::Store),
+    };
+    for s in sources.iter().skip(1) {
+        for (d, r) in &s.layers {
+            all.add(d.clone(), r.clone());
+        }
+    }
+    record(store, recorded_as, &desc, &all)?;
+    Ok(desc)
+}
+
+/// The image `digest` names in the store, or, when it names a
+/// multi-platform index, the image for `platform` (default: this
+/// machine's) in it.
+fn image_for(
+    store: &Store,
+    digest: &Digest,
+    typed: &str,
+    platform: Option<&Platform>,
+) -> Result<Image, LocalError> {
+    let bytes = store.read_bytes(digest)?;
+    let index = match ManifestDoc::parse(&bytes, None).map_err(TransferError::from)? {
+        ManifestDoc::Image(_) => return Ok(load_image(store, digest)?),
+        ManifestDoc::Index(index) => index,
+    };
+    let wanted = platform.cloned().unwrap_or_else(Platform::host);
+    let entry = index
+        .manifests
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)));
+    match entry {
+        Some(d) => Ok(load_image(store, &d.digest)?),
+        None => Err(LocalError::NoPlatform {
+            typed: typed.to_string(),
+            wanted: platform.cloned(),
+            available: index
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// The platforms of a multi-platform record and each one's image; `None`
+/// for a record of one image.
+pub fn platforms_of(
+    store: &Store,
+    desc: &Descriptor,
+) -> Result<Option<Vec<(Platform, Image)>>, LocalError> {
+    if !desc.media().is_index() {
+        return Ok(None);
+    }
+    let bytes = store.read_bytes(&desc.digest)?;
+    let ManifestDoc::Index(index) =
+        ManifestDoc::parse(&bytes, None).map_err(TransferError::from)?
+    else {
+        return Ok(None);
+    };
+    let mut all = vec![];
+    for d in &index.manifests {
+        let image = load_image(store, &d.digest)?;
+        all.push((image.config.platform(), image));
+    }
+    Ok(Some(all))
+}
+
 /// The image the user means by `typed`, if the store has it: a digest
 /// (`sha256:…`, `@sha256:…`, at least 7 hex digits), a build's name
 /// (`gateway` or `build:gateway`), or a tag a build published. `None`
-/// when nothing local matches (the caller then asks a registry).
-pub fn find(store: &Store, typed: &str) -> Result<Option<Resolved>, LocalError> {
+/// when nothing local matches (the caller then asks a registry). A
+/// multi-platform build gives its image for `platform`, by default this
+/// machine's; without that, the error lists the platforms it has.
+pub fn find(
+    store: &Store,
+    typed: &str,
+    platform: Option<&Platform>,
+) -> Result<Option<Resolved>, LocalError> {
     let images = list(store)?;
     let bare = typed.strip_prefix('@').unwrap_or(typed);
     let found = if let Some(hex) = bare.strip_prefix("sha256:") {
@@ -159,7 +259,7 @@ pub fn find(store: &Store, typed: &str) -> Result<Option<Resolved>, LocalError> 
             // (an earlier build of the same Buildfile).
             None => match Digest::parse(bare) {
                 Ok(d) if store.has_blob(&d) => {
-                    let image = load_image(store, &d)?;
+                    let image = image_for(store, &d, typed, platform)?;
                     return Ok(Some(Resolved {
                         pinned: d.to_string(),
                         image,
@@ -179,7 +279,7 @@ pub fn find(store: &Store, typed: &str) -> Result<Option<Resolved>, LocalError> 
     let Some(found) = found else {
         return Ok(None);
     };
-    let image = load_image(store, &found.descriptor.digest)?;
+    let image = image_for(store, &found.descriptor.digest, typed, platform)?;
     let source = match found
         .descriptor
         .annotations
@@ -269,6 +369,68 @@ mod tests {
         assert_eq!(
             back.registry_of(&digest('b')).unwrap().to_string(),
             "127.0.0.1:5000/platform/base:1"
+        );
+    }
+
+    fn image(platform: &str) -> Image {
+        let p = Platform::parse(platform).unwrap();
+        Image::empty(crate::oci::ImageConfig {
+            architecture: p.architecture,
+            os: p.os,
+            variant: p.variant,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_multi_platform_build_gives_the_platform_asked_for_or_lists_them() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let host = Platform::host();
+        let other = if host.architecture == "arm64" {
+            "linux/riscv64"
+        } else {
+            "linux/arm64"
+        };
+        let images = [image(&host.to_string()), image(other)];
+        for i in &images {
+            super::super::store_image(&store, i).unwrap();
+        }
+        let sources = Sources::new(BlobSource::Store);
+        let desc = record_index(&store, "build:multi", &images, &[&sources, &sources]).unwrap();
+        assert!(desc.media().is_index());
+
+        let find_for = |p: Option<&str>| {
+            let p = p.map(|p| Platform::parse(p).unwrap());
+            find(&store, "multi", p.as_ref())
+        };
+        let got = find_for(Some(other)).unwrap().unwrap();
+        assert_eq!(got.image.digest(), images[1].digest());
+        assert!(got.pinned.starts_with("multi@"), "{}", got.pinned);
+        // Without --platform: this machine's.
+        let got = find_for(None).unwrap().unwrap();
+        assert_eq!(got.image.digest(), images[0].digest());
+        // A platform it lacks: the error lists those it has.
+        let err = find_for(Some("linux/s390x")).unwrap_err().to_string();
+        assert!(err.contains("linux/s390x"), "{err}");
+        assert!(
+            err.contains(other) && err.contains(&host.to_string()),
+            "{err}"
+        );
+        let listed = platforms_of(&store, &desc).unwrap().unwrap();
+        assert_eq!(listed.len(), 2);
+
+        // Only foreign platforms, no --platform: an error naming them and
+        // this machine's platform.
+        let foreign = [image("linux/riscv64"), image("linux/s390x")];
+        for i in &foreign {
+            super::super::store_image(&store, i).unwrap();
+        }
+        record_index(&store, "build:boards", &foreign, &[&sources]).unwrap();
+        let err = find(&store, "boards", None).unwrap_err().to_string();
+        assert!(
+            err.contains("linux/riscv64, linux/s390x") && err.contains(&host.to_string()),
+            "{err}"
         );
     }
 

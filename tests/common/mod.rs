@@ -26,6 +26,14 @@ pub fn arm64_rootfs_tar() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// The armhf (linux/arm/v7) minbase tarball made by `scripts/testbed`.
+pub fn armhf_rootfs_tar() -> Option<PathBuf> {
+    let p = std::env::var_os("TPLBUILD_TEST_ARMHF_ROOTFS_TAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/tplbuild-testbed/cache/bookworm-minbase-armhf.tar".into());
+    p.is_file().then_some(p)
+}
+
 /// True when the test bed is up; otherwise the test prints why it skips.
 pub fn testbed(what: &str) -> bool {
     let up = rootfs_tar().is_some() && std::net::TcpStream::connect(REGISTRY).is_ok();
