@@ -29,7 +29,7 @@ const ARM64_TEMPLATE: &str = "127.0.0.1:5000/tests-disk-arm64/base:1";
 const CMDLINE: &str = "cmdline=console=ttyAMA0 tplbuild.poweroff";
 /// UEFI firmware for the virt machine, from Debian's `qemu-efi-aarch64`.
 const AAVMF: &str = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
-/// What a boot under TCG may take (about 3 min here, on a loaded machine)
+/// What a boot under TCG may take (105-153 s here, on a loaded machine)
 /// before the test fails.
 const BOOT_LIMIT: Duration = Duration::from_secs(10 * 60);
 
