@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -175,57 +175,20 @@ fn the_arm64_disk_boots_under_qemu_system_aarch64_to_the_self_test_line() {
     let Some(vm) = vm("booting the arm64 disk") else {
         return;
     };
-    let log = vm.env.path("boot.log");
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-aarch64")
-        .args(["-machine", "virt,accel=tcg", "-cpu", "cortex-a57"])
+    let mut qemu = Command::new("qemu-system-aarch64");
+    qemu.args(["-machine", "virt,accel=tcg", "-cpu", "cortex-a57"])
         .args(["-m", "1024", "-nographic", "-nic", "none"])
         .args(["-bios", AAVMF])
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,snapshot=on",
             vm.raw().display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(fs_err::File::create(&log).unwrap().into_parts().0)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-system-aarch64 (the test bed installs qemu-system-arm)");
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if started.elapsed() > BOOT_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let console = String::from_utf8_lossy(&fs_err::read(&log).unwrap()).into_owned();
-    eprintln!(
-        "booted and powered off in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "no power-off within {BOOT_LIMIT:?}; the end of the console:\n{}",
-            last_lines(&console, 40)
-        )
-    });
-    let line = console
-        .lines()
-        .find(|l| l.starts_with("tplbuild-vm:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no self-test line ({status}); the end of the console:\n{}",
-                last_lines(&console, 40)
-            )
-        });
+        ));
+    let line = boot_to_self_test_line(qemu, &vm.env.path("boot.log"), BOOT_LIMIT);
     assert_eq!(
-        line.trim(),
-        "tplbuild-vm: root=/dev/vda2 ext4 release=vm built by tplbuild",
-        "root must be the disk's second (root) partition, ext4, with the COPY'd file"
+        line,
+        "tplbuild-vm: root=/dev/vda2 ext4 sshd=active port22=listening release=vm built by tplbuild",
+        "root must be the disk's second (root) partition, ext4, with the COPY'd file; \
+         sshd must have made its host keys at boot and be listening"
     );
-    assert!(status.success(), "qemu exited with {status}");
 }

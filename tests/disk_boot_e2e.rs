@@ -413,61 +413,21 @@ fn an_erofs_root_of_a_given_disk_size_is_a_clean_erofs_mounted_read_only() {
 #[test]
 fn the_disk_boots_under_ovmf_to_the_images_self_test_line() {
     let Some(vm) = vm() else { return };
-    let log = vm.env.path("boot.log");
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,accel=tcg", "-m", "1024", "-nographic"])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-machine", "q35,accel=tcg", "-m", "1024", "-nographic"])
         .args(["-bios", "/usr/share/ovmf/OVMF.fd", "-nic", "none"])
         .arg("-drive")
         .arg(format!(
             "file={},format=qcow2,if=virtio,snapshot=on",
             vm.qcow2().display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(fs_err::File::create(&log).unwrap().into_parts().0)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-system-x86_64 (the test bed installs qemu-system-x86)");
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if started.elapsed() > BOOT_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let console = String::from_utf8_lossy(&fs_err::read(&log).unwrap()).into_owned();
-    eprintln!(
-        "booted and powered off in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "no power-off within {BOOT_LIMIT:?}; the end of the console:\n{}",
-            last_lines(&console, 40)
-        )
-    });
-    let line = console
-        .lines()
-        // The line is the unit's own, but the console is shared: systemd's
-        // status or a prompt may come before it.
-        .find_map(|l| l.find("tplbuild-vm:").map(|at| &l[at..]))
-        .unwrap_or_else(|| {
-            panic!(
-                "no self-test line ({status}); the end of the console:\n{}",
-                last_lines(&console, 40)
-            )
-        });
+        ));
+    let line = boot_to_self_test_line(qemu, &vm.env.path("boot.log"), BOOT_LIMIT);
     assert_eq!(
-        line.trim(),
+        line,
         "tplbuild-vm: root=/dev/vda2 ext4 sshd=active port22=listening release=vm built by tplbuild",
         "root must be the disk's second (root) partition, ext4, with the COPY'd file; \
          sshd must have made its host keys at boot and be listening"
     );
-    assert!(status.success(), "qemu exited with {status}");
 }
 
 /// The layout of docs/disk.md's A/B example, with a swap area.

@@ -270,3 +270,60 @@ pub fn one_request_per_connection(head: &str) -> String {
     out.push("Connection: close");
     format!("{}\r\n\r\n", out.join("\r\n"))
 }
+
+/// Boot `qemu` (a `qemu-system-*` command with its machine, firmware and
+/// disk set, `-nographic`) with its serial console written to `log`, wait
+/// at most `limit` for the VM to power off, and return the self-test line
+/// that `buildfiles/vm` prints (from `tplbuild-vm:` to the end of its
+/// console line). Panics with the end of the console if the VM does not
+/// power off in time, prints no such line, or qemu fails.
+pub fn boot_to_self_test_line(
+    mut qemu: std::process::Command,
+    log: &Path,
+    limit: std::time::Duration,
+) -> String {
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let program = qemu.get_program().to_string_lossy().into_owned();
+    let mut child = qemu
+        .stdin(Stdio::null())
+        .stdout(fs_err::File::create(log).unwrap().into_parts().0)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (the test bed installs it)"));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let console = String::from_utf8_lossy(&fs_err::read(log).unwrap()).into_owned();
+    eprintln!(
+        "{program}: booted and powered off in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "no power-off within {limit:?}; the end of the console:\n{}",
+            last_lines(&console, 40)
+        )
+    });
+    let line = console
+        .lines()
+        // The line is the unit's own, but the console is shared: systemd's
+        // status or a prompt may come before it.
+        .find_map(|l| l.find("tplbuild-vm:").map(|at| l[at..].trim().to_string()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no self-test line ({status}); the end of the console:\n{}",
+                last_lines(&console, 40)
+            )
+        });
+    assert!(status.success(), "{program} exited with {status}");
+    line
+}
