@@ -27,14 +27,7 @@ fn multi_template(what: &str) -> Option<String> {
     if !testbed(what) {
         return None;
     }
-    let Some(arm64) = arm64_rootfs_tar() else {
-        assert!(
-            !testbed_required(),
-            "{what}: the arm64 rootfs is missing (scripts/testbed makes it)"
-        );
-        eprintln!("skipping {what}: no arm64 rootfs (run scripts/testbed)");
-        return None;
-    };
+    let arm64 = foreign_rootfs(what, "arm64", arm64_rootfs_tar())?;
     static DIGEST: OnceLock<String> = OnceLock::new();
     Some(
         DIGEST
@@ -500,12 +493,7 @@ fn armhf_template_imports_as_arm_v7_and_builds_the_minimal_example() {
     if !testbed("an armhf build") {
         return;
     }
-    let Some(armhf) = armhf_rootfs_tar() else {
-        assert!(
-            !testbed_required(),
-            "an armhf build: the armhf rootfs is missing (scripts/testbed makes it)"
-        );
-        eprintln!("skipping an armhf build: no armhf rootfs (run scripts/testbed)");
+    let Some(armhf) = foreign_rootfs("an armhf build", "armhf", armhf_rootfs_tar()) else {
         return;
     };
     let env = Env::new();

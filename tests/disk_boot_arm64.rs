@@ -12,7 +12,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -52,40 +52,16 @@ impl Vm {
 /// folder (a static is never dropped). Keep equal to the `vm()` callers.
 const VM_USERS: usize = 2;
 
-struct VmUse(&'static Vm);
-
-impl std::ops::Deref for VmUse {
-    type Target = Vm;
-    fn deref(&self) -> &Vm {
-        self.0
-    }
-}
-
-impl Drop for VmUse {
-    fn drop(&mut self) {
-        static ENDED: AtomicUsize = AtomicUsize::new(0);
-        if ENDED.fetch_add(1, Ordering::SeqCst) + 1 == VM_USERS {
-            let _ = fs_err::remove_dir_all(self.0.env.dir.path());
-        }
-    }
-}
-
 /// The build, once per test binary; `None` (and a note) without the test
 /// bed or its arm64 rootfs, which fail instead where the bed is required.
-fn vm(what: &str) -> Option<VmUse> {
+fn vm(what: &str) -> Option<SharedUse<Vm>> {
     if !testbed(what) {
         return None;
     }
-    let Some(arm64) = arm64_rootfs_tar() else {
-        assert!(
-            !testbed_required(),
-            "{what}: the arm64 rootfs is missing (scripts/testbed makes it)"
-        );
-        eprintln!("skipping {what}: no arm64 rootfs (run scripts/testbed)");
-        return None;
-    };
+    let arm64 = foreign_rootfs(what, "arm64", arm64_rootfs_tar())?;
     static VM: OnceLock<Vm> = OnceLock::new();
-    Some(VmUse(VM.get_or_init(|| {
+    static ENDED: AtomicUsize = AtomicUsize::new(0);
+    let vm = VM.get_or_init(|| {
         let env = Env::new();
         env.ok(&[
             "template",
@@ -115,7 +91,8 @@ fn vm(what: &str) -> Option<VmUse> {
             started.elapsed().as_secs_f64()
         );
         Vm { env }
-    })))
+    });
+    Some(SharedUse::new(vm, vm.env.dir.path(), &ENDED, VM_USERS))
 }
 
 /// `sfdisk --json` of a disk image: the partitions, in table order.

@@ -12,7 +12,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -50,25 +50,6 @@ impl Vm {
 const VM_USERS: usize = 7;
 const VM_PREFIX: &str = "tplbuild-disk-vm-";
 
-/// One test's use of the shared build.
-struct VmUse(&'static Vm);
-
-impl std::ops::Deref for VmUse {
-    type Target = Vm;
-    fn deref(&self) -> &Vm {
-        self.0
-    }
-}
-
-impl Drop for VmUse {
-    fn drop(&mut self) {
-        static ENDED: AtomicUsize = AtomicUsize::new(0);
-        if ENDED.fetch_add(1, Ordering::SeqCst) + 1 == VM_USERS {
-            let _ = fs_err::remove_dir_all(self.0.env.dir.path());
-        }
-    }
-}
-
 /// Folders of earlier runs whose process has ended.
 fn remove_stale_vm_dirs() {
     for entry in fs_err::read_dir(scratch()).unwrap().flatten() {
@@ -85,12 +66,13 @@ fn remove_stale_vm_dirs() {
     }
 }
 
-fn vm() -> Option<VmUse> {
+fn vm() -> Option<SharedUse<Vm>> {
     static VM: OnceLock<Vm> = OnceLock::new();
     if !testbed("disk images of buildfiles/vm") {
         return None;
     }
-    Some(VmUse(VM.get_or_init(|| {
+    static ENDED: AtomicUsize = AtomicUsize::new(0);
+    let vm = VM.get_or_init(|| {
         template();
         remove_stale_vm_dirs();
         let env = Env {
@@ -120,7 +102,8 @@ fn vm() -> Option<VmUse> {
             .trim()
             .to_string();
         Vm { env, digest }
-    })))
+    });
+    Some(SharedUse::new(vm, vm.env.dir.path(), &ENDED, VM_USERS))
 }
 
 /// `sfdisk --json` of a disk image: the partitions, in table order.

@@ -129,6 +129,24 @@ pub struct ImageIndex {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl ImageIndex {
+    /// The first entry for `platform`.
+    pub fn entry_for(&self, platform: &Platform) -> Option<&Descriptor> {
+        self.manifests
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+    }
+
+    /// The platforms the entries name, `, `-separated (for errors).
+    pub fn platform_list(&self) -> String {
+        self.manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// The image configuration. Unknown fields are dropped here, which is fine
 /// because the config blob is always hashed from its original bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

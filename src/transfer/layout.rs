@@ -139,19 +139,12 @@ pub fn pick_platform(
     what: &str,
 ) -> Result<Descriptor, TransferError> {
     index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .entry_for(platform)
         .cloned()
         .ok_or_else(|| TransferError::NoPlatform {
             what: what.to_string(),
             wanted: platform.to_string(),
-            available: index
-                .manifests
-                .iter()
-                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: index.platform_list(),
         })
 }
 

@@ -177,21 +177,12 @@ fn image_for(
         ManifestDoc::Index(index) => index,
     };
     let wanted = platform.cloned().unwrap_or_else(Platform::host);
-    let entry = index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)));
-    match entry {
+    match index.entry_for(&wanted) {
         Some(d) => Ok(load_image(store, &d.digest)?),
         None => Err(LocalError::NoPlatform {
             typed: typed.to_string(),
             wanted: platform.cloned(),
-            available: index
-                .manifests
-                .iter()
-                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: index.platform_list(),
         }),
     }
 }

@@ -34,6 +34,61 @@ pub fn armhf_rootfs_tar() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// `rootfs` (one of the two above) for `what`, or `None` with a note when
+/// the test bed has not made it; where the bed is required that fails.
+pub fn foreign_rootfs(what: &str, arch: &str, rootfs: Option<PathBuf>) -> Option<PathBuf> {
+    if rootfs.is_none() {
+        assert!(
+            !testbed_required(),
+            "{what}: the {arch} rootfs is missing (scripts/testbed makes it)"
+        );
+        eprintln!("skipping {what}: no {arch} rootfs (run scripts/testbed)");
+    }
+    rootfs
+}
+
+/// One test's use of something a file's tests share through a static
+/// (a build of gigabytes): statics are never dropped, so the last of
+/// `users` uses to end removes `dir`. `ended` is the file's own counter.
+pub struct SharedUse<T: 'static> {
+    value: &'static T,
+    dir: &'static Path,
+    ended: &'static std::sync::atomic::AtomicUsize,
+    users: usize,
+}
+
+impl<T> SharedUse<T> {
+    pub fn new(
+        value: &'static T,
+        dir: &'static Path,
+        ended: &'static std::sync::atomic::AtomicUsize,
+        users: usize,
+    ) -> Self {
+        SharedUse {
+            value,
+            dir,
+            ended,
+            users,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for SharedUse<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.value
+    }
+}
+
+impl<T> Drop for SharedUse<T> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.ended.fetch_add(1, Ordering::SeqCst) + 1 == self.users {
+            let _ = fs_err::remove_dir_all(self.dir);
+        }
+    }
+}
+
 /// True when the test bed is up; otherwise the test prints why it skips.
 pub fn testbed(what: &str) -> bool {
     let up = rootfs_tar().is_some() && std::net::TcpStream::connect(REGISTRY).is_ok();
