@@ -121,6 +121,7 @@ impl InstructionKind {
 impl BuildFile {
     /// The same Buildfile with every span zeroed: what a canonical reprint
     /// preserves (positions naturally move when the text is reprinted).
+    #[cfg(test)]
     pub fn with_spans_cleared(&self) -> BuildFile {
         let mut out = self.clone();
         out.from.span = Span::default();

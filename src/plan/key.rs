@@ -85,7 +85,8 @@ impl KeyInputs<'_> {
     }
 }
 
-pub fn step_key(k: &KeyInputs<'_>) -> Digest {
+#[cfg(test)]
+fn step_key(k: &KeyInputs<'_>) -> Digest {
     k.doc().key()
 }
 
