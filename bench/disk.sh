@@ -95,7 +95,7 @@ timeout 600 qemu-system-x86_64 -machine q35,accel=tcg -m 1024 -nographic -nic no
   -bios /usr/share/ovmf/OVMF.fd -drive "file=$WORK/tpl.img,format=raw,if=virtio,snapshot=on" \
   </dev/null 2>&1 | while IFS= read -r line; do
     printf '%s\n' "$line"
-    case "$line" in tplbuild-vm:*) echo "$(date +%s.%N)" > "$WORK/marker.at" ;; esac
+    case "$line" in *tplbuild-vm:*) echo "$(date +%s.%N)" > "$WORK/marker.at" ;; esac
   done > "$boot_log" || true
 end=$(date +%s.%N)
 boot_total=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
@@ -116,6 +116,6 @@ ratio "disk: tplbuild / by hand" tplbuild "vm → disk.img (steps cached)" \
   by-hand "untar, mke2fs, mkfs.vfat+mtools, sfdisk, dd" "≤ 0.8"
 printf '%-44s  %s s to the self-test line, %s s to power-off (%s)\n' "boot under OVMF, TCG" \
   "$boot_line" "$boot_total" \
-  "$(grep -a -m1 '^tplbuild-vm:' "$boot_log" || echo 'no self-test line')"
+  "$(grep -a -m1 -o 'tplbuild-vm:.*' "$boot_log" || echo 'no self-test line')"
 echo "(median of $RUNS runs, interleaved; load1 = 1-minute load average when each run started)"
 rm -rf "${WORK:?}/home-run" "$WORK/hand"
