@@ -95,17 +95,6 @@ fn vm(what: &str) -> Option<SharedUse<Vm>> {
     Some(SharedUse::new(vm, vm.env.dir.path(), &ENDED, VM_USERS))
 }
 
-/// `sfdisk --json` of a disk image: the partitions, in table order.
-fn partitions(disk: &Path) -> Vec<serde_json::Value> {
-    let json: serde_json::Value =
-        serde_json::from_str(&sh_ok(&format!("sfdisk --json {}", disk.display()))).unwrap();
-    assert_eq!(json["partitiontable"]["label"], "gpt", "{json}");
-    json["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 #[test]
 fn the_arm64_disk_has_the_arm64_root_type_and_boots_aa64_systemd_boot() {
     let Some(vm) = vm("the arm64 disk's partition table") else {

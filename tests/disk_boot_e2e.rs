@@ -106,17 +106,6 @@ fn vm() -> Option<SharedUse<Vm>> {
     Some(SharedUse::new(vm, vm.env.dir.path(), &ENDED, VM_USERS))
 }
 
-/// `sfdisk --json` of a disk image: the partitions, in table order.
-fn partitions(disk: &Path) -> Vec<serde_json::Value> {
-    let json: serde_json::Value =
-        serde_json::from_str(&sh_ok(&format!("sfdisk --json {}", disk.display()))).unwrap();
-    assert_eq!(json["partitiontable"]["label"], "gpt", "{json}");
-    json["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// Copy partition `p` (from [`partitions`]) out of `disk` into `to`.
 fn extract(disk: &Path, p: &serde_json::Value, to: &Path) {
     sh_ok(&format!(

@@ -382,3 +382,14 @@ pub fn boot_to_self_test_line(
     assert!(status.success(), "{program} exited with {status}");
     line
 }
+
+/// `sfdisk --json` of a disk image: the partitions, in table order.
+pub fn partitions(disk: &Path) -> Vec<serde_json::Value> {
+    let json: serde_json::Value =
+        serde_json::from_str(&sh_ok(&format!("sfdisk --json {}", disk.display()))).unwrap();
+    assert_eq!(json["partitiontable"]["label"], "gpt", "{json}");
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
