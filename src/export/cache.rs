@@ -4,9 +4,18 @@
 //! ```text
 //! exports-v1/
 //! └── <key hex>/
-//!     ├── output        the tar / ext4 / erofs / squashfs file
+//!     ├── output        the tar / ext4 / erofs / squashfs / disk file
 //!     └── entry.json    the key's inputs, and what the output came to
 //! ```
+//!
+//! `output` is a hard link to the file the export wrote for the user when
+//! both are on one filesystem (a disk image is a gigabyte; copying it cost
+//! more than a tenth of a cold export), else a copy. A shared output is
+//! trusted only while its inode, size and mtime are those recorded when
+//! it was linked: a user who boots, edits or truncates their file in place
+//! changes the mtime, and the entry is then dropped and made again. A
+//! hit is always copied out (or reflinked), never linked, so two user
+//! files never share one inode.
 //!
 //! An entry is built in a temp folder and renamed into place whole, so a
 //! reader sees a complete entry or none; two exports racing to make the
@@ -51,6 +60,32 @@ pub(super) struct Entry {
     pub inputs: ExportKeyInputs,
     pub bytes: u64,
     pub entries: u64,
+    /// Set when `output` is a hard link to the user's file: what it was
+    /// when linked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<Stamp>,
+}
+
+/// What identifies one state of a shared output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs_err::metadata(path)?;
+        Ok(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
 }
 
 pub(super) struct Cache {
@@ -81,14 +116,53 @@ impl Cache {
         };
         let output = dir.join("output");
         match fs_err::metadata(&output) {
-            Ok(m) if m.len() == entry.bytes => {
-                crate::store::prune::touch(&dir);
-                Some((entry, output))
-            }
+            Ok(m) if m.len() == entry.bytes => {}
             _ => {
                 tracing::warn!(entry = %dir.display(), "ignoring an export cache entry whose output is missing or truncated");
-                None
+                return None;
             }
+        }
+        if !entry.unchanged(&output) {
+            tracing::info!(entry = %dir.display(), "the exported file this cache entry shares was changed since; making it again");
+            self.remove(key);
+            return None;
+        }
+        crate::store::prune::touch(&dir);
+        Some((entry, output))
+    }
+
+    /// Copy a hit's output to `dest`; an error if a shared output changed
+    /// while it was copied (the entry is removed, so a second run remakes
+    /// it).
+    pub fn copy_out(
+        &self,
+        key: &Digest,
+        entry: &Entry,
+        output: &Path,
+        dest: &Path,
+    ) -> Result<(), ExportError> {
+        let cache_err = |source: io::Error| ExportError::Cache {
+            path: output.to_path_buf(),
+            source,
+        };
+        copy_file(output, dest).map_err(cache_err)?;
+        if entry.unchanged(output) {
+            return Ok(());
+        }
+        self.remove(key);
+        Err(cache_err(io::Error::other(
+            "the cached output changed while it was copied (a program is writing to the file it shares with an earlier export); it was dropped, run the export again",
+        )))
+    }
+
+    fn remove(&self, key: &Digest) {
+        let dir = self.entry_dir(key);
+        // Renamed aside first, so a reader never sees half an entry.
+        let aside = self
+            .dir
+            .join(format!(".{}.removed-{}", key.hex(), std::process::id()));
+        if fs_err::rename(&dir, &aside).is_ok() {
+            let _ = fs_err::remove_dir_all(&aside);
         }
     }
 
@@ -130,7 +204,8 @@ impl Cache {
         reasons.into_iter().next()
     }
 
-    /// Keep a copy of `output` (a finished file) for `key`.
+    /// Keep `output` (a finished file, about to become the user's) for
+    /// `key`: a hard link to it when the filesystem allows, else a copy.
     pub fn put(&self, key: &Digest, output: &Path, entry: &Entry) -> Result<(), ExportError> {
         let final_dir = self.entry_dir(key);
         let cache_err = |source: io::Error| ExportError::Cache {
@@ -144,8 +219,16 @@ impl Cache {
             .prefix(&format!(".{}.", key.hex()))
             .tempdir_in(&self.dir)
             .map_err(cache_err)?;
-        copy_file(output, &tmp.path().join("output")).map_err(cache_err)?;
-        let json = serde_json::to_vec_pretty(entry).expect("entry serialises");
+        let kept = tmp.path().join("output");
+        let mut entry = entry.clone();
+        entry.shared = match fs_err::hard_link(output, &kept) {
+            Ok(()) => Some(Stamp::of(&kept).map_err(cache_err)?),
+            Err(_) => {
+                copy_file(output, &kept).map_err(cache_err)?;
+                None
+            }
+        };
+        let json = serde_json::to_vec_pretty(&entry).expect("entry serialises");
         fs_err::write(tmp.path().join("entry.json"), json).map_err(cache_err)?;
         for f in ["output", "entry.json"] {
             fs_err::File::open(tmp.path().join(f))
@@ -161,6 +244,16 @@ impl Cache {
             // Another export made the same entry meanwhile; keep theirs.
             Err(_) if final_dir.join("entry.json").exists() => Ok(()),
             Err(e) => Err(cache_err(e)),
+        }
+    }
+}
+
+impl Entry {
+    /// False if the output is shared and is no longer what was linked.
+    fn unchanged(&self, output: &Path) -> bool {
+        match self.shared {
+            None => true,
+            Some(stamp) => Stamp::of(output).is_ok_and(|now| now == stamp),
         }
     }
 }
@@ -244,6 +337,7 @@ mod tests {
             inputs: old.clone(),
             bytes: 10,
             entries: 3,
+            shared: None,
         };
         cache.put(&key, &out, &entry).unwrap();
         let (got, path) = cache.get(&key).unwrap();
@@ -267,9 +361,56 @@ mod tests {
             inputs: inputs("512M"),
             bytes: 10,
             entries: 3,
+            shared: None,
         };
         cache.put(&key, &out, &entry).unwrap();
         fs_err::write(cache.entry_dir(&key).join("output"), b"disk").unwrap();
         assert!(cache.get(&key).is_none());
+    }
+
+    #[test]
+    fn a_shared_output_changed_in_place_is_dropped_not_served() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let cache = Cache::new(&store);
+        let out = home.path().join("out.img");
+        fs_err::write(&out, b"disk image").unwrap();
+        let key = export_key(&inputs("512M"));
+        let entry = Entry {
+            inputs: inputs("512M"),
+            bytes: 10,
+            entries: 3,
+            shared: None,
+        };
+        cache.put(&key, &out, &entry).unwrap();
+        // One filesystem: the entry is the user's file, not a copy.
+        assert_eq!(fs_err::metadata(&out).unwrap().nlink(), 2);
+        let (hit, path) = cache
+            .get(&key)
+            .expect("an untouched shared output is a hit");
+        assert!(hit.shared.is_some());
+        let copy = home.path().join("copy.img");
+        cache.copy_out(&key, &hit, &path, &copy).unwrap();
+        assert_eq!(fs_err::read(&copy).unwrap(), b"disk image");
+        assert_eq!(fs_err::metadata(&copy).unwrap().nlink(), 1);
+
+        // The user boots their image: same size, new bytes, new mtime.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut f = fs_err::OpenOptions::new().write(true).open(&out).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(b"DISK").unwrap();
+        drop(f);
+        assert!(
+            cache.get(&key).is_none(),
+            "a changed shared output was served"
+        );
+        assert!(!cache.entry_dir(&key).exists(), "the stale entry was kept");
+        // The user's file is theirs, untouched by the cache.
+        assert_eq!(fs_err::read(&out).unwrap(), b"DISK image");
+        // And the next export makes the entry again.
+        cache.put(&key, &copy, &entry).unwrap();
+        assert!(cache.get(&key).is_some());
     }
 }

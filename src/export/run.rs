@@ -316,7 +316,7 @@ fn export_file(
     let tmp = temp_beside(dest)?;
     let (bytes, entries, cached) = match hit {
         Some((entry, output)) => {
-            super::copy_file(output, &tmp)?;
+            cache.copy_out(key, entry, output, &tmp)?;
             (entry.bytes, entry.entries, true)
         }
         None => {
@@ -331,6 +331,7 @@ fn export_file(
                 inputs: inputs.clone(),
                 bytes,
                 entries: tree.stats.entries,
+                shared: None,
             };
             cache.put(key, &tmp, &entry)?;
             tracing::debug!(
