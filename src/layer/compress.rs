@@ -5,8 +5,6 @@
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
-use flate2::{Compression as GzLevel, GzBuilder};
-
 use crate::oci::{Compression, Digest, DigestWriter, MediaType};
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -31,7 +29,7 @@ pub fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Se
     let head = &head[..got];
     let whole = io::Cursor::new(head.to_vec()).chain(r);
     Ok(if head.starts_with(GZIP_MAGIC) {
-        Box::new(flate2::read::MultiGzDecoder::new(whole))
+        super::members::reader(whole)?
     } else if head.starts_with(ZSTD_MAGIC) {
         Box::new(zstd::stream::read::Decoder::new(whole)?)
     } else if head.starts_with(XZ_MAGIC) {
@@ -52,7 +50,7 @@ pub(crate) fn media_type(c: Compression) -> &'static str {
 
 enum Encoder<W: Write> {
     Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::members::MemberWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -85,14 +83,10 @@ impl<W: Write> BlobSink<W> {
         let blob = DigestWriter::new(out);
         let enc = match compression {
             Compression::None => Encoder::Plain(blob),
-            // mtime 0, no file name and a fixed OS byte: the gzip header
-            // carries nothing about when or where the layer was made.
-            Compression::Gzip => Encoder::Gzip(
-                GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(blob, GzLevel::new(6)),
-            ),
+            // Members of fixed size at a fixed level; mtime 0, no file
+            // name and a fixed OS byte: the gzip headers carry nothing
+            // about when or where the layer was made.
+            Compression::Gzip => Encoder::Gzip(super::members::MemberWriter::new(blob, 6)),
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(blob, 3)?),
         };
         Ok(BlobSink { enc })

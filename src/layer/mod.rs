@@ -17,6 +17,7 @@ mod canonical;
 mod changeset;
 mod compress;
 mod index;
+mod members;
 mod overlay;
 mod resolve;
 mod ustar;

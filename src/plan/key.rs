@@ -15,7 +15,9 @@ use crate::oci::Digest;
 /// Bump when the meaning of a key changes (e.g. the layer normalization
 /// changes), so old cache entries stop matching instead of lying.
 /// 2: step layers are made canonical against the parent (no opaque markers).
-pub const CACHE_FORMAT: u32 = 2;
+/// 3: gzip layers are written in independent members (`layer::members`),
+///    so the same tar gives other blob bytes than format 2 did.
+pub const CACHE_FORMAT: u32 = 3;
 
 /// Everything that goes into a step key.
 #[derive(Debug, Clone)]
@@ -136,13 +138,13 @@ mod tests {
         assert_eq!(
             String::from_utf8(k.doc().bytes()).unwrap(),
             format!(
-                r#"{{"env":{{"A":"1"}},"epoch":1700000000,"format":2,"inputs":{{}},"keep":[],"parent":["{}"],"platform":"linux/amd64","step":{{"kind":"RUN","script":"echo hi"}}}}"#,
+                r#"{{"env":{{"A":"1"}},"epoch":1700000000,"format":3,"inputs":{{}},"keep":[],"parent":["{}"],"platform":"linux/amd64","step":{{"kind":"RUN","script":"echo hi"}}}}"#,
                 Digest::of(b"layer")
             )
         );
         assert_eq!(
             step_key(&k).to_string(),
-            "sha256:6f0e8771389db2c0cae02c0832ab7cb05a2e7a1c9f64394b445e92e4e9a06304"
+            "sha256:c929273797bb319c9cebee2af29466bb1c8d279e7823a84cbe06c3765d1bc07f"
         );
     }
 
