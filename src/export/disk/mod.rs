@@ -366,33 +366,43 @@ impl Exporter for DiskExporter {
         let esp_img = scratch.path().join("esp.img");
         let volume_id = u32::from_str_radix(&derive_uuid("fat-volume-id", &ctx.image)[..8], 16)
             .expect("a derived uuid starts with 8 hex digits");
-        esp::make(
-            &esp::Esp {
-                boot: &boot,
-                arch,
-                options: &options,
-                volume_id,
-                epoch: ctx.epoch,
-                size: esp_part.size,
-            },
-            &esp_img,
-            &ctx.tmp_dir,
-        )?;
         let raw = match self.format {
             DiskFormat::Raw => dest.to_path_buf(),
             DiskFormat::Qcow2 => scratch.path().join("disk.raw"),
         };
         let disk = gpt::create(&raw, table.total)?;
-        match &erofs {
-            Some(image) => gpt::copy_at(image, &disk, root.start, root.size)?,
-            // Made in place: the filesystem is not copied again.
-            None => Ext4Exporter {
-                size: Some(root.size),
-                label: layout.root_label.clone(),
-                inodes: None,
-            }
-            .make_at(rootfs, ctx, &raw, root.start)?,
-        }
+        // The ESP (mkfs.vfat, mcopy) on a thread of its own while the root
+        // filesystem is made: they write different files.
+        let (esp_made, root_made) = std::thread::scope(|s| {
+            let esp = s.spawn(|| {
+                esp::make(
+                    &esp::Esp {
+                        boot: &boot,
+                        arch,
+                        options: &options,
+                        volume_id,
+                        epoch: ctx.epoch,
+                        size: esp_part.size,
+                    },
+                    &esp_img,
+                    &ctx.tmp_dir,
+                )
+            });
+            let root_made = match &erofs {
+                Some(image) => gpt::copy_at(image, &disk, root.start, root.size),
+                // Made in place: the filesystem is not copied again.
+                None => Ext4Exporter {
+                    size: Some(root.size),
+                    label: layout.root_label.clone(),
+                    inodes: None,
+                }
+                .make_at(rootfs, ctx, &raw, root.start),
+            };
+            let esp_made = esp.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (esp_made, root_made)
+        });
+        root_made?;
+        esp_made?;
         gpt::copy_at(&esp_img, &disk, esp_part.start, esp_part.size)?;
         fill_extra(ctx, &layout, &table, &disk, &raw, scratch.path())?;
         gpt::partition(&raw, &table)?;
