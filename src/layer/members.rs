@@ -31,9 +31,10 @@ use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompr
 pub(crate) const MEMBER: usize = 1 << 20;
 
 /// The most a member may declare, compressed or inflated: a member of
-/// [`MEMBER`] bytes never needs more, and a hostile one cannot make a
-/// reader allocate more.
-const MAX_MEMBER: usize = 16 << 20;
+/// [`MEMBER`] bytes never needs more, and a hostile stream cannot make a
+/// reader hold more than this times the members in flight (four per
+/// thread).
+const MAX_MEMBER: usize = 4 << 20;
 
 const SUBFIELD: [u8; 2] = *b"TP";
 /// Header: magic, CM=8, FLG=FEXTRA, MTIME=0, XFL=0, OS=255, then XLEN=8 and
