@@ -349,11 +349,11 @@ mod tests {
         assert_eq!(why, "size 512M → 1G");
     }
 
-    #[test]
-    fn a_truncated_output_is_not_a_hit() {
+    /// A cache in a new home holding `out.img` ("disk image") for the
+    /// inputs `size=512M`.
+    fn one_entry() -> (tempfile::TempDir, Cache, PathBuf, Digest, Entry) {
         let home = tempfile::tempdir().unwrap();
-        let store = Store::open(home.path()).unwrap();
-        let cache = Cache::new(&store);
+        let cache = Cache::new(&Store::open(home.path()).unwrap());
         let out = home.path().join("out.img");
         fs_err::write(&out, b"disk image").unwrap();
         let key = export_key(&inputs("512M"));
@@ -364,6 +364,12 @@ mod tests {
             shared: None,
         };
         cache.put(&key, &out, &entry).unwrap();
+        (home, cache, out, key, entry)
+    }
+
+    #[test]
+    fn a_truncated_output_is_not_a_hit() {
+        let (_home, cache, _, key, _) = one_entry();
         fs_err::write(cache.entry_dir(&key).join("output"), b"disk").unwrap();
         assert!(cache.get(&key).is_none());
     }
@@ -372,19 +378,7 @@ mod tests {
     fn a_shared_output_changed_in_place_is_dropped_not_served() {
         use std::io::{Seek, SeekFrom, Write};
         use std::os::unix::fs::MetadataExt;
-        let home = tempfile::tempdir().unwrap();
-        let store = Store::open(home.path()).unwrap();
-        let cache = Cache::new(&store);
-        let out = home.path().join("out.img");
-        fs_err::write(&out, b"disk image").unwrap();
-        let key = export_key(&inputs("512M"));
-        let entry = Entry {
-            inputs: inputs("512M"),
-            bytes: 10,
-            entries: 3,
-            shared: None,
-        };
-        cache.put(&key, &out, &entry).unwrap();
+        let (home, cache, out, key, entry) = one_entry();
         // One filesystem: the entry is the user's file, not a copy.
         assert_eq!(fs_err::metadata(&out).unwrap().nlink(), 2);
         let (hit, path) = cache
