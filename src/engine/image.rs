@@ -42,14 +42,12 @@ impl Engine {
                     .into_iter()
                     .map(move |tag| LoadedImage { tag, bytes })
             })
-            // Podman names them localhost/tplbuild/…
-            .map(|mut i| {
-                if let Some(t) = i.tag.strip_prefix("localhost/") {
-                    i.tag = t.to_string();
-                }
-                i
+            .filter_map(|i| {
+                loaded_tag(&i.tag).map(|tag| LoadedImage {
+                    tag: tag.to_string(),
+                    bytes: i.bytes,
+                })
             })
-            .filter(|i| LOADED_REPOS.contains(&split_tag(&i.tag).0))
             .collect();
         found.sort_by(|a, b| a.tag.cmp(&b.tag));
         Ok(found)
@@ -184,6 +182,17 @@ impl Engine {
     }
 }
 
+/// `tag` without the registry an engine put in front of it, if it is in
+/// [`LOADED_REPOS`]. Podman names a loaded image `localhost/tplbuild/…`,
+/// and one tagged through its Docker API `docker.io/tplbuild/…`.
+fn loaded_tag(tag: &str) -> Option<&str> {
+    let short = ["localhost/", "docker.io/"]
+        .iter()
+        .find_map(|p| tag.strip_prefix(p))
+        .unwrap_or(tag);
+    LOADED_REPOS.contains(&split_tag(short).0).then_some(short)
+}
+
 /// `host:5000/repo:tag` → (`host:5000/repo`, `Some("tag")`): the tag is after
 /// the last `:` that follows the last `/`.
 fn split_tag(tag: &str) -> (&str, Option<&str>) {
@@ -276,7 +285,30 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::split_tag;
+    use super::{loaded_tag, split_tag};
+
+    #[test]
+    fn loaded_tags_are_found_under_every_name_an_engine_gives_them() {
+        for tag in [
+            "tplbuild/state:abc",
+            "localhost/tplbuild/state:abc",
+            "docker.io/tplbuild/state:abc",
+        ] {
+            assert_eq!(loaded_tag(tag), Some("tplbuild/state:abc"), "{tag}");
+        }
+        assert_eq!(
+            loaded_tag("docker.io/tplbuild/layer:d"),
+            Some("tplbuild/layer:d")
+        );
+        for other in [
+            "debian:12",
+            "docker.io/library/debian:12",
+            "registry.example/tplbuild/state:abc",
+            "localhost/tplbuild-test/bookworm:1",
+        ] {
+            assert_eq!(loaded_tag(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn split_tag_keeps_a_registry_port_in_the_repository() {
