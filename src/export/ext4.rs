@@ -29,7 +29,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// Debian 12's `/etc/mke2fs.conf`, minus the usage types that never
 /// apply to a rootfs image, plus the init choices pinned.
-const MKE2FS_CONF: &str = "\
+pub(crate) const MKE2FS_CONF: &str = "\
 [defaults]
 	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
 	default_mntopts = acl,user_xattr
@@ -99,7 +99,7 @@ pub fn default_size(stats: &TreeStats) -> u64 {
 }
 
 /// The inode count to force, if mke2fs' own would be too small.
-fn inode_count(size: u64, stats: &TreeStats, asked: Option<u64>) -> Option<u64> {
+pub(crate) fn inode_count(size: u64, stats: &TreeStats, asked: Option<u64>) -> Option<u64> {
     if asked.is_some() {
         return asked;
     }

@@ -22,6 +22,7 @@ mod cache;
 mod disk;
 mod erofs;
 mod ext4;
+pub(crate) mod ext4w;
 mod flatten;
 mod place;
 mod run;
