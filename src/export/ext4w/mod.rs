@@ -1138,8 +1138,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         put16(d, 0x38, (bcs >> 16) as u16);
         put16(d, 0x3A, (ics >> 16) as u16);
         let c = crc32c_le(csum_seed, &(g as u32).to_le_bytes());
-        let c = crc32c_le(c, &d[..0x1E]);
-        let c = crc32c_le(c, &d[0x20..]);
+        let c = crc32c_le(c, d); // with bg_checksum still 0
         put16(d, 0x1E, c as u16);
     }
     out.flush()?;
