@@ -518,8 +518,20 @@ struct Alloc {
 
 impl Alloc {
     fn mark(&mut self, start: u64, len: u64) {
-        for b in start..start + len {
+        let end = start + len;
+        let mut b = start;
+        while b < end && b % 8 != 0 {
             self.bitmap[(b / 8) as usize] |= 1 << (b % 8);
+            b += 1;
+        }
+        if b + 8 <= end {
+            let whole = (end - b) / 8;
+            self.bitmap[(b / 8) as usize..(b / 8 + whole) as usize].fill(0xff);
+            b += whole * 8;
+        }
+        while b < end {
+            self.bitmap[(b / 8) as usize] |= 1 << (b % 8);
+            b += 1;
         }
     }
 
@@ -579,39 +591,69 @@ impl Alloc {
 struct Out<'f> {
     file: &'f File,
     offset: u64,
+    /// `OUT_BUF` bytes, of which `used` are pending at `buf_block`.
     buf: Vec<u8>,
+    used: usize,
     buf_block: u64,
 }
 
 const OUT_BUF: usize = 32 * 1024 * 1024;
+static ZERO_BLOCK: [u8; BSU] = [0; BSU];
 
 impl Out<'_> {
+    fn new(file: &File, offset: u64) -> Out<'_> {
+        Out {
+            file,
+            offset,
+            buf: vec![0u8; OUT_BUF],
+            used: 0,
+            buf_block: 0,
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
+        if self.used > 0 {
             self.file
-                .write_all_at(&self.buf, self.offset + self.buf_block * BS)?;
-            self.buf.clear();
+                .write_all_at(&self.buf[..self.used], self.offset + self.buf_block * BS)?;
+            self.used = 0;
         }
         Ok(())
     }
 
-    /// Room for `bytes` at `block`, zeroed up to a whole block.
+    /// Room for `bytes` (at most `OUT_BUF`) at `block`, zeroed from
+    /// `bytes` up to a whole block.
     fn room(&mut self, block: u64, bytes: usize) -> io::Result<&mut [u8]> {
-        let end_block = self.buf_block + (self.buf.len() / BSU) as u64;
-        if !self.buf.is_empty() && (block != end_block || self.buf.len() >= OUT_BUF) {
+        let padded = bytes.div_ceil(BSU) * BSU;
+        assert!(padded <= OUT_BUF);
+        let end_block = self.buf_block + (self.used / BSU) as u64;
+        if self.used > 0 && (block != end_block || self.used + padded > OUT_BUF) {
             self.flush()?;
         }
-        if self.buf.is_empty() {
+        if self.used == 0 {
             self.buf_block = block;
         }
-        let at = self.buf.len();
-        let padded = bytes.div_ceil(BSU) * BSU;
-        self.buf.resize(at + padded, 0);
+        let at = self.used;
+        self.buf[at + bytes..at + padded].copy_from_slice(&ZERO_BLOCK[..padded - bytes]);
+        self.used += padded;
         Ok(&mut self.buf[at..at + bytes])
     }
 
     fn put(&mut self, block: u64, data: &[u8]) -> io::Result<()> {
-        self.room(block, data.len())?.copy_from_slice(data);
+        for (i, chunk) in data.chunks(OUT_BUF).enumerate() {
+            let b = block + (i * OUT_BUF / BSU) as u64;
+            self.room(b, chunk.len())?.copy_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// `bytes` from `from` at `block` onwards.
+    fn read_into(&mut self, block: u64, bytes: usize, from: &mut File) -> io::Result<()> {
+        let mut done = 0;
+        while done < bytes {
+            let n = (bytes - done).min(OUT_BUF);
+            from.read_exact(self.room(block + (done / BSU) as u64, n)?)?;
+            done += n;
+        }
         Ok(())
     }
 }
@@ -780,7 +822,9 @@ fn dir_blocks(ino: u32, parent: u32, entries: &[(Vec<u8>, u32, u8)], min_blocks:
 /// Make the filesystem for the tree at `root` in `dest`, `offset` bytes in
 /// (the file is made, or lengthened to hold it; the rest is left alone).
 pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Made> {
+    let t0 = std::time::Instant::now();
     let nodes = walk(root, p.epoch)?;
+    let t_walk = t0.elapsed().as_secs_f64();
     let geo = geometry(p.size, p.inodes)?;
     let max_ino = (nodes.len() - 1) as u64;
     if max_ino > geo.inodes() {
@@ -831,12 +875,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         inode_table_at.push(alloc.contiguous(geo.itb)?);
     }
 
-    let mut out = Out {
-        file: &file,
-        offset,
-        buf: Vec::with_capacity(OUT_BUF + 4 * MIB as usize),
-        buf_block: 0,
-    };
+    let mut out = Out::new(&file, offset);
     let mut inodes = vec![[0u8; INODE_SIZE]; nodes.len()];
     let mut dirs_per_group = vec![0u32; geo.groups as usize];
 
@@ -913,7 +952,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
                     let mut left = *sz as usize;
                     for &(s, l) in &runs {
                         let bytes = left.min(l as usize * BSU);
-                        f.read_exact(out.room(s, bytes)?)?;
+                        out.read_into(s, bytes, &mut f)?;
                         left -= bytes;
                     }
                     // The tree must not have grown meanwhile either.
@@ -1052,6 +1091,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         put16(inode, 0x82, (c >> 16) as u16);
     }
 
+    let t_data = t0.elapsed().as_secs_f64();
     // Inode tables: the used inodes, zeros for the rest.
     let zeros = vec![0u8; 4 * MIB as usize];
     out.flush()?;
@@ -1079,6 +1119,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         }
     }
 
+    let t_itable = t0.elapsed().as_secs_f64();
     // Bitmaps, descriptors.
     let blocks_in_last = geo.blocks - (geo.groups - 1) * BLOCKS_PER_GROUP;
     for b in blocks_in_last..BLOCKS_PER_GROUP {
@@ -1215,6 +1256,21 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         out.put(g * BLOCKS_PER_GROUP + 1, &gdt)?;
     }
     out.flush()?;
+    tracing::debug!(
+        walk = t_walk,
+        data = t_data - t_walk,
+        inode_tables = t_itable - t_data,
+        rest = t0.elapsed().as_secs_f64() - t_itable,
+        "ext4w phases (seconds)"
+    );
+    if std::env::var_os("EXT4W_TIMES").is_some() {
+        eprintln!(
+            "ext4w: walk {t_walk:.3} s, data {:.3} s, inode tables {:.3} s, rest {:.3} s",
+            t_data - t_walk,
+            t_itable - t_data,
+            t0.elapsed().as_secs_f64() - t_itable
+        );
+    }
     Ok(Made {
         blocks: geo.blocks,
         inodes: inodes_count,

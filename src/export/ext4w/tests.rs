@@ -475,10 +475,29 @@ fn minbase_rootfs() {
         .args(["--xattrs", "--xattrs-include=*", "-xpf", &tar, "-C"])
         .arg(tree.path()));
     assert!(ok, "{text}");
+    // More trees beside it (a bigger tree to time): EXT4W_EXTRA_TARS=a:b
+    for (i, extra) in std::env::var("EXT4W_EXTRA_TARS")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        let sub = tree.path().join(format!("extra{i}"));
+        std::fs::create_dir(&sub).unwrap();
+        let (ok, text) = run(Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "-xpf", extra, "-C"])
+            .arg(&sub));
+        assert!(ok, "{text}");
+    }
     let stats = crate::export::TreeStats::of(tree.path()).unwrap();
     let size = crate::export::ext4::default_size(&stats);
     let inodes = crate::export::ext4::inode_count(size, &stats, None);
-    let work = shm_dir("ext4w-img-");
+    // Where the images go: EXT4W_IMG_DIR (a disk, as the store is), else
+    // /dev/shm.
+    let work = match std::env::var("EXT4W_IMG_DIR") {
+        Ok(d) => tempfile::Builder::new().prefix("ext4w-img-").tempdir_in(d).unwrap(),
+        Err(_) => shm_dir("ext4w-img-"),
+    };
     let img = work.path().join("ext4w.img");
     let mut p = params(size);
     p.inodes = inodes;
