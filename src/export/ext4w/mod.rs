@@ -109,8 +109,32 @@ pub struct Made {
     pub free_blocks: u64,
 }
 
+/// What the writer is, for export cache keys: bump the number whenever
+/// the bytes it writes for the same input change.
+pub const WRITER: &str = "tplbuild-ext4w 1";
+
+/// A filesystem the parameters cannot make (too small, too few inodes, an
+/// entry ext4 cannot hold), as opposed to an I/O error.
+#[derive(Debug)]
+struct Layout(String);
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Layout {}
+
 fn err(what: impl Into<String>) -> io::Error {
-    io::Error::other(what.into())
+    io::Error::other(Layout(what.into()))
+}
+
+/// The reason, if `e` is a problem of the layout rather than of I/O.
+pub fn layout_problem(e: &io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|r| r.downcast_ref::<Layout>())
+        .map(|l| l.0.clone())
 }
 
 // ---------------------------------------------------------------- the tree
@@ -552,7 +576,7 @@ impl Alloc {
         }
         let start = self.next;
         if start + n > self.end {
-            return Err(err("the tree does not fit in the filesystem"));
+            return Err(err("the tree does not fit in the filesystem; give a larger size="));
         }
         self.next += n;
         self.mark(start, n);
@@ -573,7 +597,7 @@ impl Alloc {
                 None => n,
             };
             if start + take > self.end {
-                return Err(err("the tree does not fit in the filesystem"));
+                return Err(err("the tree does not fit in the filesystem; give a larger size="));
             }
             self.mark(start, take);
             self.next += take;
@@ -587,37 +611,87 @@ impl Alloc {
     }
 }
 
-/// Buffers writes of consecutive blocks into large `pwrite`s.
-struct Out<'f> {
-    file: &'f File,
+/// Buffers writes of consecutive blocks into large `pwrite`s, made by a
+/// thread of their own while the next buffer fills.
+struct Out {
     offset: u64,
     /// `OUT_BUF` bytes, of which `used` are pending at `buf_block`.
     buf: Vec<u8>,
     used: usize,
     buf_block: u64,
+    to_writer: Option<std::sync::mpsc::SyncSender<(Vec<u8>, u64, usize)>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    writer: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
-const OUT_BUF: usize = 32 * 1024 * 1024;
+const OUT_BUF: usize = 16 * 1024 * 1024;
+const OUT_BUFS: usize = 3;
 static ZERO_BLOCK: [u8; BSU] = [0; BSU];
 
-impl Out<'_> {
-    fn new(file: &File, offset: u64) -> Out<'_> {
-        Out {
-            file,
+impl Out {
+    fn new(file: &File, offset: u64) -> io::Result<Out> {
+        let file = file.try_clone()?;
+        let (to_writer, jobs) = std::sync::mpsc::sync_channel::<(Vec<u8>, u64, usize)>(OUT_BUFS);
+        let (give_back, free) = std::sync::mpsc::sync_channel(OUT_BUFS);
+        for _ in 1..OUT_BUFS {
+            give_back.send(vec![0u8; OUT_BUF]).unwrap();
+        }
+        let writer = std::thread::Builder::new()
+            .name("ext4w-write".into())
+            .spawn(move || -> io::Result<()> {
+                for (buf, at, len) in jobs {
+                    file.write_all_at(&buf[..len], at)?;
+                    // The filler may be done and gone.
+                    let _ = give_back.send(buf);
+                }
+                Ok(())
+            })?;
+        Ok(Out {
             offset,
             buf: vec![0u8; OUT_BUF],
             used: 0,
             buf_block: 0,
-        }
+            to_writer: Some(to_writer),
+            free,
+            writer: Some(writer),
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.used > 0 {
-            self.file
-                .write_all_at(&self.buf[..self.used], self.offset + self.buf_block * BS)?;
-            self.used = 0;
+        if self.used == 0 {
+            return Ok(());
+        }
+        let next = match self.free.recv() {
+            Ok(b) => b,
+            Err(_) => return Err(self.writer_failed()),
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        let job = (full, self.offset + self.buf_block * BS, self.used);
+        self.used = 0;
+        if self.to_writer.as_ref().unwrap().send(job).is_err() {
+            return Err(self.writer_failed());
         }
         Ok(())
+    }
+
+    fn writer_failed(&mut self) -> io::Error {
+        self.to_writer = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            _ => err("the ext4 writer thread stopped"),
+        }
+    }
+
+    /// Write what is pending and wait for every write.
+    fn finish(mut self) -> io::Result<()> {
+        self.flush()?;
+        self.to_writer = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            None => Ok(()),
+        }
     }
 
     /// Room for `bytes` (at most `OUT_BUF`) at `block`, zeroed from
@@ -829,8 +903,8 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
     let max_ino = (nodes.len() - 1) as u64;
     if max_ino > geo.inodes() {
         return Err(err(format!(
-            "the tree has {} inodes; the filesystem {}",
-            max_ino - FIRST_INO as u64,
+            "the tree needs {} inodes, the filesystem has {}; give a larger inodes=",
+            max_ino,
             geo.inodes()
         )));
     }
@@ -875,7 +949,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         inode_table_at.push(alloc.contiguous(geo.itb)?);
     }
 
-    let mut out = Out::new(&file, offset);
+    let mut out = Out::new(&file, offset)?;
     let mut inodes = vec![[0u8; INODE_SIZE]; nodes.len()];
     let mut dirs_per_group = vec![0u32; geo.groups as usize];
 
@@ -1255,7 +1329,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         out.put(g * BLOCKS_PER_GROUP, &block)?;
         out.put(g * BLOCKS_PER_GROUP + 1, &gdt)?;
     }
-    out.flush()?;
+    out.finish()?;
     tracing::debug!(
         walk = t_walk,
         data = t_data - t_walk,
