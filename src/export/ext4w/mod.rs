@@ -619,6 +619,8 @@ struct Out {
     buf: Vec<u8>,
     used: usize,
     buf_block: u64,
+    /// For `sendfile`, which writes at the file position.
+    direct: File,
     to_writer: Option<std::sync::mpsc::SyncSender<(Vec<u8>, u64, usize)>>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
     writer: Option<std::thread::JoinHandle<io::Result<()>>>,
@@ -626,10 +628,13 @@ struct Out {
 
 const OUT_BUF: usize = 16 * 1024 * 1024;
 const OUT_BUFS: usize = 3;
+/// Files from this size on are copied with `sendfile`.
+const SENDFILE_MIN: u64 = 256 * 1024;
 static ZERO_BLOCK: [u8; BSU] = [0; BSU];
 
 impl Out {
     fn new(file: &File, offset: u64) -> io::Result<Out> {
+        let direct = file.try_clone()?;
         let file = file.try_clone()?;
         let (to_writer, jobs) = std::sync::mpsc::sync_channel::<(Vec<u8>, u64, usize)>(OUT_BUFS);
         let (give_back, free) = std::sync::mpsc::sync_channel(OUT_BUFS);
@@ -651,6 +656,7 @@ impl Out {
             buf: vec![0u8; OUT_BUF],
             used: 0,
             buf_block: 0,
+            direct,
             to_writer: Some(to_writer),
             free,
             writer: Some(writer),
@@ -716,6 +722,40 @@ impl Out {
         for (i, chunk) in data.chunks(OUT_BUF).enumerate() {
             let b = block + (i * OUT_BUF / BSU) as u64;
             self.room(b, chunk.len())?.copy_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// All of `src` (`size` bytes) into `runs`, copied by the kernel
+    /// (`sendfile`: one copy, where a read and a write make two), the
+    /// last block's tail zeroed. Not through the buffer: for large files.
+    fn send_file(&mut self, src: &File, size: u64, runs: &[(u64, u64)]) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut left = size;
+        let mut src_off = 0u64;
+        for &(block, len) in runs {
+            let bytes = left.min(len * BS);
+            let at = self.offset + block * BS;
+            (&self.direct).seek(SeekFrom::Start(at))?;
+            let mut done = 0;
+            while done < bytes {
+                let n = rustix::fs::sendfile(
+                    &self.direct,
+                    src,
+                    Some(&mut src_off),
+                    (bytes - done).min(1 << 30) as usize,
+                )?;
+                if n == 0 {
+                    return Err(err("a file shrank while it was read"));
+                }
+                done += n as u64;
+            }
+            let tail = (BS - bytes % BS) % BS;
+            if tail > 0 {
+                self.direct
+                    .write_all_at(&ZERO_BLOCK[..tail as usize], at + bytes)?;
+            }
+            left -= bytes;
         }
         Ok(())
     }
@@ -1021,7 +1061,13 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
                 data_blocks = sz.div_ceil(BS);
                 runs = alloc.runs(data_blocks)?;
                 use_extents = true;
-                if *sz > 0 {
+                if *sz >= SENDFILE_MIN {
+                    let f = File::open(path)?;
+                    out.send_file(&f, *sz, &runs)?;
+                    if f.metadata()?.len() != *sz {
+                        return Err(err(format!("{} changed while read", path.display())));
+                    }
+                } else if *sz > 0 {
                     let mut f = File::open(path)?;
                     let mut left = *sz as usize;
                     for &(s, l) in &runs {

@@ -501,9 +501,17 @@ fn minbase_rootfs() {
     let img = work.path().join("ext4w.img");
     let mut p = params(size);
     p.inodes = inodes;
+    let cpu = |who| {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
     let t = std::time::Instant::now();
+    let c = cpu(libc::RUSAGE_SELF);
     make(tree.path(), &p, &img, 0).unwrap();
     let ours = t.elapsed().as_secs_f64();
+    let ours_cpu = cpu(libc::RUSAGE_SELF) - c;
     let img2 = work.path().join("ext4w2.img");
     make(tree.path(), &p, &img2, 0).unwrap();
     assert!(std::fs::read(&img).unwrap() == std::fs::read(&img2).unwrap(), "not reproducible");
@@ -525,11 +533,14 @@ fn minbase_rootfs() {
     }
     cmd.arg(&mimg).arg(format!("{}k", size / 1024));
     let t = std::time::Instant::now();
+    let c = cpu(libc::RUSAGE_CHILDREN);
     let (ok, text) = run(&mut cmd);
     let theirs = t.elapsed().as_secs_f64();
+    let theirs_cpu = cpu(libc::RUSAGE_CHILDREN) - c;
     assert!(ok, "{text}");
     eprintln!(
-        "minbase: {} entries, {} MiB of files, fs {} MiB: ext4w {ours:.3} s, mke2fs -d {theirs:.3} s",
+        "minbase: {} entries, {} MiB of files, fs {} MiB: ext4w {ours:.3} s ({ours_cpu:.3} s CPU), \
+         mke2fs -d {theirs:.3} s ({theirs_cpu:.3} s CPU)",
         stats.entries,
         stats.file_bytes / MIB,
         size / MIB
