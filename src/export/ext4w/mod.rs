@@ -958,6 +958,17 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
     if file.metadata()?.len() < want_len {
         file.set_len(want_len)?;
     }
+    // Blocks not written (free space, the journal, unused inode tables)
+    // read as zeros whatever the file held before, as a hole; where the
+    // filesystem cannot punch one, the inode tables are written as zeros
+    // (the rest is left, as mke2fs leaves it).
+    let punched = rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        offset,
+        geo.blocks * BS,
+    )
+    .is_ok();
     let csum_seed = crc32c_le(!0, &p.uuid);
 
     // Fixed metadata.
@@ -1228,7 +1239,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
             written = ((used_end - first) * INODE_SIZE as u64).div_ceil(BS);
         }
         out.flush()?;
-        let mut at = written;
+        let mut at = if punched { geo.itb } else { written };
         while at < geo.itb {
             let n = (geo.itb - at).min(zeros.len() as u64 / BS);
             file.write_all_at(

@@ -442,10 +442,18 @@ fn at_an_offset_and_twice_the_same_bytes() {
     // At an offset of a larger file, as a disk's partition.
     std::fs::File::create(&b).unwrap().set_len(300 * MIB).unwrap();
     make(tree.path(), &params(200 * MIB), &b, MIB).unwrap();
+    // Over old contents: the same bytes, and only the range is touched.
+    let d = work.path().join("d");
+    std::fs::write(&d, vec![0xAAu8; (300 * MIB) as usize]).unwrap();
+    make(tree.path(), &params(200 * MIB), &d, MIB).unwrap();
     let a = std::fs::read(&a).unwrap();
     let b = std::fs::read(&b).unwrap();
     assert_eq!(b.len() as u64, 300 * MIB);
     assert!(a[..] == b[MIB as usize..(MIB + 200 * MIB) as usize], "not the same bytes");
+    let d = std::fs::read(&d).unwrap();
+    assert!(a[..] == d[MIB as usize..(MIB + 200 * MIB) as usize], "old bytes show through");
+    assert!(d[..MIB as usize].iter().all(|b| *b == 0xAA));
+    assert!(d[(201 * MIB) as usize..].iter().all(|b| *b == 0xAA));
 }
 
 #[test]
