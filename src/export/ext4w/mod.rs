@@ -268,9 +268,8 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
             ))
         })?;
         let value = if index == 2 || index == 3 {
-            acl_to_disk(&value).ok_or_else(|| {
-                err(format!("{}: malformed POSIX ACL", path.display()))
-            })?
+            acl_to_disk(&value)
+                .ok_or_else(|| err(format!("{}: malformed POSIX ACL", path.display())))?
         } else {
             value
         };
@@ -366,7 +365,10 @@ impl Walk {
             entries.push((name.as_bytes().to_vec(), child, ft));
             if is_dir {
                 self.nodes[ino as usize].links += 1;
-                if let Kind::Dir { parent, min_blocks, .. } = &mut self.nodes[child as usize].kind {
+                if let Kind::Dir {
+                    parent, min_blocks, ..
+                } = &mut self.nodes[child as usize].kind
+                {
                     *parent = ino;
                     if child == LPF_INO {
                         *min_blocks = 4;
@@ -576,7 +578,9 @@ impl Alloc {
         }
         let start = self.next;
         if start + n > self.end {
-            return Err(err("the tree does not fit in the filesystem; give a larger size="));
+            return Err(err(
+                "the tree does not fit in the filesystem; give a larger size=",
+            ));
         }
         self.next += n;
         self.mark(start, n);
@@ -597,7 +601,9 @@ impl Alloc {
                 None => n,
             };
             if start + take > self.end {
-                return Err(err("the tree does not fit in the filesystem; give a larger size="));
+                return Err(err(
+                    "the tree does not fit in the filesystem; give a larger size=",
+                ));
             }
             self.mark(start, take);
             self.next += take;
@@ -1242,10 +1248,7 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         let mut at = if punched { geo.itb } else { written };
         while at < geo.itb {
             let n = (geo.itb - at).min(zeros.len() as u64 / BS);
-            file.write_all_at(
-                &zeros[..(n * BS) as usize],
-                offset + (table + at) * BS,
-            )?;
+            file.write_all_at(&zeros[..(n * BS) as usize], offset + (table + at) * BS)?;
             at += n;
         }
     }
@@ -1267,8 +1270,8 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         } else {
             BLOCKS_PER_GROUP
         };
-        let used: u64 = bmap.iter().map(|b| b.count_ones() as u64).sum::<u64>()
-            - (BLOCKS_PER_GROUP - in_group);
+        let used: u64 =
+            bmap.iter().map(|b| b.count_ones() as u64).sum::<u64>() - (BLOCKS_PER_GROUP - in_group);
         let free_blocks = in_group - used;
         let mut imap = vec![0u8; BSU];
         let first = g * geo.ipg + 1;

@@ -118,24 +118,41 @@ fn synthetic_tree(root: &Path) {
     setx(
         &ping,
         "security.capability",
-        &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
     );
     let fat = w("fat", b"fat\n");
     setx(&fat, "user.big", &pseudo(2000, 9));
     setx(&fat, "trusted.t", b"small");
-    setx(&fat, "security.capability", &[1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    setx(
+        &fat,
+        "security.capability",
+        &[1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
     let emp = w("emptyx", b"");
     setx(&emp, "user.empty", b"");
     setx(&root.join("a"), "user.dir", b"on a dir");
     // A POSIX ACL, where the source filesystem takes one.
     let acl = w("acl", b"acl\n");
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
     }
-    let _ = rustix::fs::lsetxattr(&acl, "system.posix_acl_access", &v, rustix::fs::XattrFlags::empty());
+    let _ = rustix::fs::lsetxattr(
+        &acl,
+        "system.posix_acl_access",
+        &v,
+        rustix::fs::XattrFlags::empty(),
+    );
     // Times: everything at a fixed mtime but a few.
     let mut all = vec![root.to_path_buf()];
     let mut i = 0;
@@ -233,10 +250,7 @@ fn field<'a>(stat: &'a str, key: &str) -> &'a str {
     let at = stat
         .find(key)
         .unwrap_or_else(|| panic!("no {key} in\n{stat}"));
-    stat[at + key.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
+    stat[at + key.len()..].split_whitespace().next().unwrap()
 }
 
 /// The image holds what the tree holds: types, modes, owners, mtimes,
@@ -258,8 +272,16 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
         assert!(stat.contains("Inode: "), "{what}: {stat}");
         let mode = u32::from_str_radix(field(stat, "Mode:"), 8).unwrap();
         assert_eq!(mode, m.mode() & 0o7777, "{what} mode");
-        assert_eq!(field(stat, "User:").parse::<u32>().unwrap(), m.uid(), "{what} uid");
-        assert_eq!(field(stat, "Group:").parse::<u32>().unwrap(), m.gid(), "{what} gid");
+        assert_eq!(
+            field(stat, "User:").parse::<u32>().unwrap(),
+            m.uid(),
+            "{what} uid"
+        );
+        assert_eq!(
+            field(stat, "Group:").parse::<u32>().unwrap(),
+            m.gid(),
+            "{what} gid"
+        );
         let ty = field(stat, "Type:");
         let want_ty = match m.mode() & S_IFMT {
             S_IFREG => "regular",
@@ -279,7 +301,11 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
             "{what} mtime"
         );
         let atime = field(stat, "atime: 0x").split(':').next().unwrap();
-        assert_eq!(i64::from_str_radix(atime, 16).unwrap(), EPOCH, "{what} atime");
+        assert_eq!(
+            i64::from_str_radix(atime, 16).unwrap(),
+            EPOCH,
+            "{what} atime"
+        );
         if !rel.as_os_str().is_empty() && !m.is_dir() {
             let ino = field(stat, "Inode:").to_string();
             let links = field(stat, "Links:").parse::<u64>().unwrap();
@@ -290,7 +316,11 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
         }
         match m.mode() & S_IFMT {
             S_IFREG => {
-                assert_eq!(field(stat, "Size:").parse::<u64>().unwrap(), m.len(), "{what}")
+                assert_eq!(
+                    field(stat, "Size:").parse::<u64>().unwrap(),
+                    m.len(),
+                    "{what}"
+                )
             }
             S_IFLNK => {
                 let target = std::fs::read_link(&p).unwrap();
@@ -304,8 +334,16 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
             S_IFCHR | S_IFBLK => {
                 let dev = field(stat, "Device major/minor number:");
                 let (ma, mi) = dev.split_once(':').unwrap();
-                assert_eq!(ma.parse::<u32>().unwrap(), rustix::fs::major(m.rdev()), "{what}");
-                assert_eq!(mi.parse::<u32>().unwrap(), rustix::fs::minor(m.rdev()), "{what}");
+                assert_eq!(
+                    ma.parse::<u32>().unwrap(),
+                    rustix::fs::major(m.rdev()),
+                    "{what}"
+                );
+                assert_eq!(
+                    mi.parse::<u32>().unwrap(),
+                    rustix::fs::minor(m.rdev()),
+                    "{what}"
+                );
             }
             _ => {}
         }
@@ -398,13 +436,32 @@ fn synthetic_tree_is_clean_and_reads_back() {
     if let Ok(keep) = std::env::var("EXT4W_KEEP") {
         std::fs::copy(&img, keep).unwrap();
     }
-    let s = debugfs(&img, &["stat /fat".into(), "stat /ping".into()], work.path());
+    let s = debugfs(
+        &img,
+        &["stat /fat".into(), "stat /ping".into()],
+        work.path(),
+    );
     assert_ne!(field(&s[0], "File ACL:"), "0", "xattrs of /fat in a block");
-    assert_eq!(field(&s[1], "File ACL:"), "0", "xattrs of /ping in the inode");
+    assert_eq!(
+        field(&s[1], "File ACL:"),
+        "0",
+        "xattrs of /ping in the inode"
+    );
     let (_, dump) = run(Command::new("dumpe2fs").arg("-h").arg(&img));
     for f in [
-        "has_journal", "ext_attr", "dir_index", "filetype", "extent", "64bit", "flex_bg",
-        "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize", "metadata_csum",
+        "has_journal",
+        "ext_attr",
+        "dir_index",
+        "filetype",
+        "extent",
+        "64bit",
+        "flex_bg",
+        "sparse_super",
+        "large_file",
+        "huge_file",
+        "dir_nlink",
+        "extra_isize",
+        "metadata_csum",
     ] {
         assert!(dump.contains(&format!(" {f}")), "{f} missing:\n{dump}");
     }
@@ -440,7 +497,10 @@ fn at_an_offset_and_twice_the_same_bytes() {
     let b = work.path().join("b");
     make(tree.path(), &params(200 * MIB), &a, 0).unwrap();
     // At an offset of a larger file, as a disk's partition.
-    std::fs::File::create(&b).unwrap().set_len(300 * MIB).unwrap();
+    std::fs::File::create(&b)
+        .unwrap()
+        .set_len(300 * MIB)
+        .unwrap();
     make(tree.path(), &params(200 * MIB), &b, MIB).unwrap();
     // Over old contents: the same bytes, and only the range is touched.
     let d = work.path().join("d");
@@ -449,9 +509,15 @@ fn at_an_offset_and_twice_the_same_bytes() {
     let a = std::fs::read(&a).unwrap();
     let b = std::fs::read(&b).unwrap();
     assert_eq!(b.len() as u64, 300 * MIB);
-    assert!(a[..] == b[MIB as usize..(MIB + 200 * MIB) as usize], "not the same bytes");
+    assert!(
+        a[..] == b[MIB as usize..(MIB + 200 * MIB) as usize],
+        "not the same bytes"
+    );
     let d = std::fs::read(&d).unwrap();
-    assert!(a[..] == d[MIB as usize..(MIB + 200 * MIB) as usize], "old bytes show through");
+    assert!(
+        a[..] == d[MIB as usize..(MIB + 200 * MIB) as usize],
+        "old bytes show through"
+    );
     assert!(d[..MIB as usize].iter().all(|b| *b == 0xAA));
     assert!(d[(201 * MIB) as usize..].iter().all(|b| *b == 0xAA));
 }
@@ -503,7 +569,10 @@ fn minbase_rootfs() {
     // Where the images go: EXT4W_IMG_DIR (a disk, as the store is), else
     // /dev/shm.
     let work = match std::env::var("EXT4W_IMG_DIR") {
-        Ok(d) => tempfile::Builder::new().prefix("ext4w-img-").tempdir_in(d).unwrap(),
+        Ok(d) => tempfile::Builder::new()
+            .prefix("ext4w-img-")
+            .tempdir_in(d)
+            .unwrap(),
         Err(_) => shm_dir("ext4w-img-"),
     };
     let img = work.path().join("ext4w.img");
@@ -522,7 +591,10 @@ fn minbase_rootfs() {
     let ours_cpu = cpu(libc::RUSAGE_SELF) - c;
     let img2 = work.path().join("ext4w2.img");
     make(tree.path(), &p, &img2, 0).unwrap();
-    assert!(std::fs::read(&img).unwrap() == std::fs::read(&img2).unwrap(), "not reproducible");
+    assert!(
+        std::fs::read(&img).unwrap() == std::fs::read(&img2).unwrap(),
+        "not reproducible"
+    );
     std::fs::remove_file(&img2).unwrap();
     fsck(&img);
     compare(tree.path(), &img, work.path());
