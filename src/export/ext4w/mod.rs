@@ -303,7 +303,7 @@ impl Walk {
                 path: path.to_path_buf(),
                 size: meta.len(),
             },
-            S_IFLNK => Kind::Symlink(std::fs::read_link(path)?.as_os_str().as_bytes().to_vec()),
+            S_IFLNK => Kind::Symlink(fs_err::read_link(path)?.as_os_str().as_bytes().to_vec()),
             S_IFCHR | S_IFBLK => Kind::Dev(meta.rdev()),
             S_IFIFO | S_IFSOCK => Kind::Special,
             _ => return Err(err(format!("{}: unknown file type", path.display()))),
@@ -320,7 +320,7 @@ impl Walk {
     }
 
     fn dir(&mut self, dir: &Path, ino: u32) -> io::Result<()> {
-        let mut names: Vec<OsString> = std::fs::read_dir(dir)?
+        let mut names: Vec<OsString> = fs_err::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<io::Result<_>>()?;
         names.sort();
@@ -334,7 +334,7 @@ impl Walk {
         }
         for name in names {
             let path = dir.join(&name);
-            let meta = std::fs::symlink_metadata(&path)?;
+            let meta = fs_err::symlink_metadata(&path)?;
             let is_dir = meta.file_type().is_dir();
             let ft = file_type(meta.mode());
             if !is_dir && meta.nlink() > 1 {
@@ -387,7 +387,7 @@ impl Walk {
 
 fn walk(root: &Path, epoch: i64) -> io::Result<Vec<Node>> {
     let mut nodes: Vec<Node> = (0..=LPF_INO).map(|_| Node::unused()).collect();
-    let meta = std::fs::symlink_metadata(root)?;
+    let meta = fs_err::symlink_metadata(root)?;
     if !meta.is_dir() {
         return Err(err(format!("{} is not a directory", root.display())));
     }
@@ -954,12 +954,13 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
             geo.inodes()
         )));
     }
-    let file = std::fs::OpenOptions::new()
+    let file = fs_err::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(dest)?;
+        .open(dest)?
+        .into_file();
     let want_len = offset + geo.blocks * BS;
     if file.metadata()?.len() < want_len {
         file.set_len(want_len)?;
@@ -1079,13 +1080,13 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
                 runs = alloc.runs(data_blocks)?;
                 use_extents = true;
                 if *sz >= SENDFILE_MIN {
-                    let f = File::open(path)?;
+                    let f = fs_err::File::open(path)?.into_file();
                     out.send_file(&f, *sz, &runs)?;
                     if f.metadata()?.len() != *sz {
                         return Err(err(format!("{} changed while read", path.display())));
                     }
                 } else if *sz > 0 {
-                    let mut f = File::open(path)?;
+                    let mut f = fs_err::File::open(path)?.into_file();
                     let mut left = *sz as usize;
                     for &(s, l) in &runs {
                         let bytes = left.min(l as usize * BSU);

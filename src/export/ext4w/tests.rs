@@ -65,8 +65,8 @@ fn pseudo(n: usize, seed: u32) -> Vec<u8> {
 fn synthetic_tree(root: &Path) {
     let w = |rel: &str, data: &[u8]| {
         let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, data).unwrap();
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(&p, data).unwrap();
         p
     };
     w("empty", b"");
@@ -76,10 +76,10 @@ fn synthetic_tree(root: &Path) {
     w("big", &pseudo(300_000, 3));
     w("a/b/c/deep", b"deep\n");
     let big_dir = root.join("many");
-    std::fs::create_dir(&big_dir).unwrap();
+    fs_err::create_dir(&big_dir).unwrap();
     for i in 0..400 {
         let name = format!("{i:04}-{}", "n".repeat(100));
-        std::fs::write(big_dir.join(name), format!("{i}")).unwrap();
+        fs_err::write(big_dir.join(name), format!("{i}")).unwrap();
     }
     // Symlinks: fast (< 60 bytes) and in a block.
     std::os::unix::fs::symlink("one", root.join("short-link")).unwrap();
@@ -88,10 +88,10 @@ fn synthetic_tree(root: &Path) {
     std::os::unix::fs::symlink("a/b", root.join("a/dirlink")).unwrap();
     // Hard links across directories.
     let hl = w("hl1", b"hard\n");
-    std::fs::hard_link(&hl, root.join("a/hl2")).unwrap();
-    std::fs::hard_link(&hl, root.join("many/hl3")).unwrap();
+    fs_err::hard_link(&hl, root.join("a/hl2")).unwrap();
+    fs_err::hard_link(&hl, root.join("many/hl3")).unwrap();
     // Devices, fifo, socket.
-    std::fs::create_dir(root.join("dev")).unwrap();
+    fs_err::create_dir(root.join("dev")).unwrap();
     mknod(&root.join("dev/null"), libc::S_IFCHR | 0o666, 1, 3);
     mknod(&root.join("dev/sda1"), libc::S_IFBLK | 0o660, 8, 1);
     mknod(&root.join("dev/wide"), libc::S_IFCHR | 0o600, 300, 70000);
@@ -100,14 +100,14 @@ fn synthetic_tree(root: &Path) {
     drop(std::os::unix::net::UnixListener::bind(root.join("dev/sock")).unwrap());
     // Modes and owners.
     let suid = w("suid", b"#!/bin/sh\n");
-    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    fs_err::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let tmp = root.join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    fs_err::create_dir(&tmp).unwrap();
+    fs_err::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let sgid = root.join("sgid");
-    std::fs::create_dir(&sgid).unwrap();
+    fs_err::create_dir(&sgid).unwrap();
     std::os::unix::fs::chown(&sgid, Some(0), Some(50)).unwrap();
-    std::fs::set_permissions(&sgid, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    fs_err::set_permissions(&sgid, std::fs::Permissions::from_mode(0o2775)).unwrap();
     let user = w("home/user/file", b"mine\n");
     std::os::unix::fs::chown(&user, Some(1000), Some(1000)).unwrap();
     let wide = w("wide-owner", b"x");
@@ -158,8 +158,8 @@ fn synthetic_tree(root: &Path) {
     let mut i = 0;
     while i < all.len() {
         let p = all[i].clone();
-        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
+        if fs_err::symlink_metadata(&p).unwrap().is_dir() {
+            for e in fs_err::read_dir(&p).unwrap() {
                 all.push(e.unwrap().path());
             }
         }
@@ -207,8 +207,8 @@ fn entries(root: &Path) -> Vec<PathBuf> {
     while i < out.len() {
         let rel = out[i].clone();
         let p = root.join(&rel);
-        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-            let mut names: Vec<_> = std::fs::read_dir(&p)
+        if fs_err::symlink_metadata(&p).unwrap().is_dir() {
+            let mut names: Vec<_> = fs_err::read_dir(&p)
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
                 .collect();
@@ -229,7 +229,7 @@ fn fs_path(rel: &Path) -> String {
 /// One `debugfs` run of many commands; the output of each.
 fn debugfs(img: &Path, cmds: &[String], scratch: &Path) -> Vec<String> {
     let script = scratch.join("debugfs.cmds");
-    std::fs::write(&script, cmds.join("\n") + "\n").unwrap();
+    fs_err::write(&script, cmds.join("\n") + "\n").unwrap();
     let out = Command::new("debugfs")
         .arg("-f")
         .arg(&script)
@@ -267,7 +267,7 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
     let mut xattr_expect = Vec::new();
     for (rel, stat) in rels.iter().zip(&stats) {
         let p = root.join(rel);
-        let m = std::fs::symlink_metadata(&p).unwrap();
+        let m = fs_err::symlink_metadata(&p).unwrap();
         let what = fs_path(rel);
         assert!(stat.contains("Inode: "), "{what}: {stat}");
         let mode = u32::from_str_radix(field(stat, "Mode:"), 8).unwrap();
@@ -323,7 +323,7 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
                 )
             }
             S_IFLNK => {
-                let target = std::fs::read_link(&p).unwrap();
+                let target = fs_err::read_link(&p).unwrap();
                 let t = target.as_os_str().as_bytes();
                 if t.len() < 60 {
                     let want = format!("Fast link dest: \"{}\"", target.display());
@@ -378,13 +378,13 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
     if !xattr_cmds.is_empty() {
         debugfs(img, &xattr_cmds, scratch);
         for (out, want, what) in xattr_expect {
-            let got = std::fs::read(&out).unwrap_or_else(|_| panic!("{what}: not read back"));
+            let got = fs_err::read(&out).unwrap_or_else(|_| panic!("{what}: not read back"));
             assert_eq!(got, want, "{what}");
         }
     }
     // Contents and symlink targets: rdump and compare.
     let dump = scratch.join("dump");
-    std::fs::create_dir(&dump).unwrap();
+    fs_err::create_dir(&dump).unwrap();
     let (ok, text) = run(Command::new("debugfs")
         .arg("-R")
         .arg(format!("rdump / {}", dump.display()))
@@ -393,17 +393,17 @@ fn compare(root: &Path, img: &Path, scratch: &Path) {
     for rel in &rels {
         let src = root.join(rel);
         let got = dump.join(rel);
-        let m = std::fs::symlink_metadata(&src).unwrap();
+        let m = fs_err::symlink_metadata(&src).unwrap();
         if m.is_file() {
             assert!(
-                std::fs::read(&src).unwrap() == std::fs::read(&got).unwrap(),
+                fs_err::read(&src).unwrap() == fs_err::read(&got).unwrap(),
                 "{} content",
                 rel.display()
             );
         } else if m.file_type().is_symlink() {
             assert_eq!(
-                std::fs::read_link(&src).unwrap(),
-                std::fs::read_link(&got).unwrap(),
+                fs_err::read_link(&src).unwrap(),
+                fs_err::read_link(&got).unwrap(),
                 "{}",
                 rel.display()
             );
@@ -434,7 +434,7 @@ fn synthetic_tree_is_clean_and_reads_back() {
     fsck(&img);
     compare(tree.path(), &img, work.path());
     if let Ok(keep) = std::env::var("EXT4W_KEEP") {
-        std::fs::copy(&img, keep).unwrap();
+        fs_err::copy(&img, keep).unwrap();
     }
     let s = debugfs(
         &img,
@@ -497,23 +497,23 @@ fn at_an_offset_and_twice_the_same_bytes() {
     let b = work.path().join("b");
     make(tree.path(), &params(200 * MIB), &a, 0).unwrap();
     // At an offset of a larger file, as a disk's partition.
-    std::fs::File::create(&b)
+    fs_err::File::create(&b)
         .unwrap()
         .set_len(300 * MIB)
         .unwrap();
     make(tree.path(), &params(200 * MIB), &b, MIB).unwrap();
     // Over old contents: the same bytes, and only the range is touched.
     let d = work.path().join("d");
-    std::fs::write(&d, vec![0xAAu8; (300 * MIB) as usize]).unwrap();
+    fs_err::write(&d, vec![0xAAu8; (300 * MIB) as usize]).unwrap();
     make(tree.path(), &params(200 * MIB), &d, MIB).unwrap();
-    let a = std::fs::read(&a).unwrap();
-    let b = std::fs::read(&b).unwrap();
+    let a = fs_err::read(&a).unwrap();
+    let b = fs_err::read(&b).unwrap();
     assert_eq!(b.len() as u64, 300 * MIB);
     assert!(
         a[..] == b[MIB as usize..(MIB + 200 * MIB) as usize],
         "not the same bytes"
     );
-    let d = std::fs::read(&d).unwrap();
+    let d = fs_err::read(&d).unwrap();
     assert!(
         a[..] == d[MIB as usize..(MIB + 200 * MIB) as usize],
         "old bytes show through"
@@ -557,7 +557,7 @@ fn minbase_rootfs() {
         .enumerate()
     {
         let sub = tree.path().join(format!("extra{i}"));
-        std::fs::create_dir(&sub).unwrap();
+        fs_err::create_dir(&sub).unwrap();
         let (ok, text) = run(Command::new("tar")
             .args(["--xattrs", "--xattrs-include=*", "-xpf", extra, "-C"])
             .arg(&sub));
@@ -592,15 +592,15 @@ fn minbase_rootfs() {
     let img2 = work.path().join("ext4w2.img");
     make(tree.path(), &p, &img2, 0).unwrap();
     assert!(
-        std::fs::read(&img).unwrap() == std::fs::read(&img2).unwrap(),
+        fs_err::read(&img).unwrap() == fs_err::read(&img2).unwrap(),
         "not reproducible"
     );
-    std::fs::remove_file(&img2).unwrap();
+    fs_err::remove_file(&img2).unwrap();
     fsck(&img);
     compare(tree.path(), &img, work.path());
 
     let conf = work.path().join("mke2fs.conf");
-    std::fs::write(&conf, crate::export::ext4::MKE2FS_CONF).unwrap();
+    fs_err::write(&conf, crate::export::ext4::MKE2FS_CONF).unwrap();
     let mimg = work.path().join("mke2fs.img");
     let mut cmd = Command::new("mke2fs");
     cmd.env("E2FSPROGS_FAKE_TIME", EPOCH.to_string())
