@@ -8,7 +8,7 @@
 //! tree, made at most once per call by applying the layers with
 //! [`crate::layer::apply_layer`] (the security-critical part lives there);
 //! each output is then produced by an [`Exporter`] — ext4 by our own
-//! writer ([`ext4w`]), the other filesystem images by Debian's own mkfs
+//! writer (`ext4w`), the other filesystem images by Debian's own mkfs
 //! tools, run with every flag that makes their output a function of the
 //! tree, the image digest and the epoch (DESIGN.md invariant 2). Times: the tar, the directory and ext4 keep each file's
 //! mtime, clamped to the epoch; erofs and squashfs set every time to the
