@@ -1191,8 +1191,14 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
             }
         }
 
+        // dir_nlink: a directory with too many subdirectories counts 1.
         let links = if node.mode & S_IFMT == S_IFDIR && node.links >= 65000 {
             1
+        } else if node.links > 65000 {
+            return Err(err(format!(
+                "inode {ino} has {} names; ext4 allows 65000",
+                node.links
+            )));
         } else {
             node.links
         };
