@@ -1404,14 +1404,6 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         rest = t0.elapsed().as_secs_f64() - t_itable,
         "ext4w phases (seconds)"
     );
-    if std::env::var_os("EXT4W_TIMES").is_some() {
-        eprintln!(
-            "ext4w: walk {t_walk:.3} s, data {:.3} s, inode tables {:.3} s, rest {:.3} s",
-            t_data - t_walk,
-            t_itable - t_data,
-            t0.elapsed().as_secs_f64() - t_itable
-        );
-    }
     Ok(Made {
         blocks: geo.blocks,
         inodes: inodes_count,
