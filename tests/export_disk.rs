@@ -379,7 +379,7 @@ fn a_repeat_export_is_cached_equal_and_a_copy() {
 }
 
 #[test]
-fn ext4_size_and_inodes_are_honoured_and_a_failing_mke2fs_leaves_nothing() {
+fn ext4_size_and_inodes_are_honoured_and_a_failing_ext4_leaves_nothing() {
     let f = fixture();
     let o = f.out.display();
     let r = export_all(
@@ -407,7 +407,7 @@ fn ext4_size_and_inodes_are_honoured_and_a_failing_mke2fs_leaves_nothing() {
         .arg("-fn")
         .arg(f.out.join("sized.ext4")));
 
-    // 16 inodes cannot hold the tree: mke2fs fails, and says why.
+    // 16 inodes cannot hold the tree: the writer fails, and says why.
     let err = export_all(
         &f.store,
         &f.image,
@@ -418,7 +418,7 @@ fn ext4_size_and_inodes_are_honoured_and_a_failing_mke2fs_leaves_nothing() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("mke2fs failed"), "{err}");
+    assert!(err.contains("cannot make the ext4 filesystem"), "{err}");
     assert!(err.contains("inode"), "{err}");
     assert!(!f.out.join("tiny.ext4").exists());
 }

@@ -1,19 +1,19 @@
-//! `type=ext4`: `mke2fs -d` over the flattened tree, made reproducible.
+//! `type=ext4`: the flattened tree written as an ext4 filesystem by our
+//! own writer ([`super::ext4w`]), a function of the tree, the image digest
+//! (UUID and directory hash seed, [`derive_uuid`]) and the epoch.
 //!
+//! [`Mke2fs`] remains for the empty ext4 partitions of a disk layout.
 //! Debian 12's mke2fs (1.47.0) has no `SOURCE_DATE_EPOCH`; what it takes
 //! from the machine, and how each is pinned:
-//! - the UUID and the directory hash seed: `-U` / `-E hash_seed=`, derived
-//!   from the image digest ([`derive_uuid`]);
+//! - the UUID and the directory hash seed: `-U` / `-E hash_seed=`;
 //! - the clock (superblock times, inode creation times): `E2FSPROGS_FAKE_TIME`;
 //! - `/etc/mke2fs.conf` (features, inode size and ratio) and whether the
 //!   kernel offers lazy inode-table init or the host filesystem can punch
 //!   holes (which flips `ITABLE_ZEROED` flags): a pinned `MKE2FS_CONFIG`,
 //!   `nodiscard` and `lazy_itable_init=0`;
-//! - each file's atime and ctime, copied from the source tree, where they
-//!   are the time of flattening: after mke2fs, `debugfs` sets both to the
-//!   epoch on every inode in use (found from `dumpe2fs`' free-inode lists).
-//!
-//! Directory order is not an input: mke2fs 1.47 reads directories sorted.
+//! - the atime and ctime of its inodes: after mke2fs, `debugfs` sets both
+//!   to the epoch on every inode in use (found from `dumpe2fs`' free-inode
+//!   lists).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,7 +29,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// Debian 12's `/etc/mke2fs.conf`, minus the usage types that never
 /// apply to a rootfs image, plus the init choices pinned.
-const MKE2FS_CONF: &str = "\
+pub(crate) const MKE2FS_CONF: &str = "\
 [defaults]
 	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
 	default_mntopts = acl,user_xattr
@@ -99,7 +99,7 @@ pub fn default_size(stats: &TreeStats) -> u64 {
 }
 
 /// The inode count to force, if mke2fs' own would be too small.
-fn inode_count(size: u64, stats: &TreeStats, asked: Option<u64>) -> Option<u64> {
+pub(crate) fn inode_count(size: u64, stats: &TreeStats, asked: Option<u64>) -> Option<u64> {
     if asked.is_some() {
         return asked;
     }
@@ -126,10 +126,7 @@ impl Exporter for Ext4Exporter {
             "inodes".into(),
             self.inodes.map_or("default".into(), |n| n.to_string()),
         );
-        o.insert(
-            "tool".into(),
-            MKE2FS.version(&["-V"]).unwrap_or_else(|| "none".into()),
-        );
+        o.insert("tool".into(), super::ext4w::WRITER.into());
         Ok(o)
     }
 
@@ -163,29 +160,26 @@ impl Ext4Exporter {
         };
         let uuid = derive_uuid("ext4-uuid", &ctx.image);
         let inodes = inode_count(size, &ctx.stats, self.inodes);
-        let fs = Mke2fs {
-            source: Some(rootfs),
-            label: &self.label,
-            uuid: &uuid,
-            size,
-            inodes,
-            epoch: ctx.epoch,
-        };
+        let uuid = super::ext4w::parse_uuid(&uuid).expect("derive_uuid makes a UUID");
+        let mut params = super::ext4w::Params::new(&self.label, uuid, size, ctx.epoch);
+        params.inodes = inodes;
         let t = std::time::Instant::now();
-        let made = fs.run(dest, offset, &ctx.tmp_dir)?;
-        tracing::debug!(
-            mke2fs_seconds = made,
-            pin_seconds = t.elapsed().as_secs_f64() - made,
-            "ext4 made"
-        );
+        super::ext4w::make(rootfs, &params, dest, offset).map_err(|e| {
+            match super::ext4w::layout_problem(&e) {
+                Some(what) => ExportError::Unexpected {
+                    what: format!("cannot make the ext4 filesystem {}: {what}", dest.display()),
+                },
+                None => ExportError::Io(e),
+            }
+        })?;
+        tracing::debug!(seconds = t.elapsed().as_secs_f64(), "ext4 made");
         Ok(())
     }
 }
 
-/// One `mke2fs` run, pinned for reproducibility (see the module doc).
+/// One `mke2fs` run of an empty filesystem, pinned for reproducibility
+/// (see the module doc).
 pub(crate) struct Mke2fs<'a> {
-    /// The tree to copy in (`-d`); `None`: an empty filesystem.
-    pub source: Option<&'a Path>,
     pub label: &'a str,
     pub uuid: &'a str,
     pub size: u64,
@@ -220,9 +214,6 @@ impl Mke2fs<'_> {
                     String::new()
                 }
             ));
-        if let Some(source) = self.source {
-            cmd.arg("-d").arg(source);
-        }
         if let Some(n) = self.inodes {
             cmd.args(["-N", &n.to_string()]);
         }

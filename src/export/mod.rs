@@ -7,10 +7,10 @@
 //! parsed `-o` specs ([`OutputSpec`]). Rootfs outputs read one flattened
 //! tree, made at most once per call by applying the layers with
 //! [`crate::layer::apply_layer`] (the security-critical part lives there);
-//! each output is then produced by an [`Exporter`] — the disk images by
-//! Debian's own mkfs tools, run with every flag that makes their output a
-//! function of the tree, the image digest and the epoch (DESIGN.md
-//! invariant 2). Times: the tar, the directory and ext4 keep each file's
+//! each output is then produced by an [`Exporter`] — ext4 by our own
+//! writer (`ext4w`), the other filesystem images by Debian's own mkfs
+//! tools, run with every flag that makes their output a function of the
+//! tree, the image digest and the epoch (DESIGN.md invariant 2). Times: the tar, the directory and ext4 keep each file's
 //! mtime, clamped to the epoch; erofs and squashfs set every time to the
 //! epoch (their reproducible modes). Single-file outputs are cached under
 //! `store.exports_dir()` by a key over exactly those inputs, so a no-op
@@ -22,6 +22,7 @@ mod cache;
 mod disk;
 mod erofs;
 mod ext4;
+pub(crate) mod ext4w;
 mod flatten;
 mod place;
 mod run;

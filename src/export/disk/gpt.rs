@@ -2,7 +2,7 @@
 //! `sfdisk` onto a regular file (every identifier given, so the table is a
 //! function of the layout), and partition images copied in at their
 //! offsets (zero runs skipped, so the disk stays as sparse as its parts).
-//! An ext4 root is not copied: mke2fs writes it in place; a second root
+//! An ext4 root is not copied: it is written in place; a second root
 //! slot that copies it is copied within the disk.
 
 use std::io::Read;

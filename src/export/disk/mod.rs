@@ -233,7 +233,6 @@ fn fill_extra(
             (Contents::Copy, _) => gpt::copy_within(disk, root.start, p.start, root.size)?,
             (Contents::Empty, Filesystem::Ext4) => {
                 Mke2fs {
-                    source: None,
                     label: &e.label,
                     uuid: &derive_uuid(&format!("ext4-uuid:{}", e.label), &ctx.image),
                     size: p.size,
@@ -280,7 +279,7 @@ impl Exporter for DiskExporter {
         o.insert("dosfstools".into(), version(&FATLABEL, &["--version"]));
         o.insert("mtools".into(), version(&MCOPY, &["--version"]));
         let root_tool = match self.rootfs {
-            RootFs::Ext4 => version(&MKE2FS, &["-V"]),
+            RootFs::Ext4 => super::ext4w::WRITER.into(),
             RootFs::Erofs => ErofsExporter {
                 compression: "lz4hc".into(),
             }
@@ -300,6 +299,14 @@ impl Exporter for DiskExporter {
                 .any(|e| e.filesystem == Filesystem::Swap)
             {
                 o.insert("mkswap".into(), version(&MKSWAP, &["--version"]));
+            }
+            // Empty ext4 partitions are still made by mke2fs.
+            if layout
+                .extra
+                .iter()
+                .any(|e| e.contents == Contents::Empty && e.filesystem == Filesystem::Ext4)
+            {
+                o.insert("mke2fs".into(), version(&MKE2FS, &["-V"]));
             }
         }
         if self.format == DiskFormat::Qcow2 {
