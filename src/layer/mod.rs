@@ -37,6 +37,7 @@ pub use compress::decompress;
 pub(crate) use compress::Shared;
 pub(crate) use index::clean_path;
 pub use index::{IndexEntry, LayerIndex, NodeKind, TreeIndex};
+pub(crate) use walk::{carried_xattr, read_xattrs};
 pub use write::write_dir;
 pub use write_diff::write_changes;
 

@@ -4,10 +4,19 @@
 //!
 //! The result has the features of the mke2fs config in `ext4.rs` minus
 //! `resize_inode`: has_journal, ext_attr, dir_index (flag only: every
-//! directory is linear, which the kernel reads and converts to a hash tree
-//! when it grows one past a block), filetype, extent, 64bit, flex_bg,
-//! sparse_super, large_file, huge_file, dir_nlink, extra_isize and
-//! metadata_csum. 4 KiB blocks, 256-byte inodes, 32768 blocks per group.
+//! directory is linear, as `mke2fs -d` writes them too; the kernel makes a
+//! hash tree of a one-block directory that grows), filetype, extent,
+//! 64bit, flex_bg, sparse_super, large_file, huge_file, dir_nlink,
+//! extra_isize and metadata_csum. 4 KiB blocks, 256-byte inodes, 32768
+//! blocks per group. Without `resize_inode` no descriptor blocks are
+//! reserved: `resize2fs` still grows it (tested offline), and the kernel
+//! grows it online by switching to meta_bg once the descriptors fill
+//! their blocks (not tested here: it needs CAP_SYS_RESOURCE).
+//!
+//! Xattrs are the ones a layer carries ([`carried_xattr`]), in the inode
+//! when they fit, else in one block. Limits, each a clear error: 65000
+//! names per file and 64998 subdirectories per directory (no hash trees),
+//! 4 extent leaves per file (~170 GiB).
 //!
 //! Layout, all a function of the tree and the parameters:
 //! - block 0: superblock; then the group descriptors; backups of both in
@@ -37,6 +46,8 @@ use std::path::{Path, PathBuf};
 
 use crc::crc32c_le;
 
+use crate::layer::carried_xattr;
+
 const BS: u64 = 4096;
 const BSU: usize = 4096;
 const BLOCKS_PER_GROUP: u64 = 32768;
@@ -51,6 +62,8 @@ const MIB: u64 = 1024 * 1024;
 /// Directory blocks end in a 12-byte checksum tail.
 const DIR_END: usize = BSU - 12;
 const MAX_EXTENT: u64 = 32768;
+/// The most names an inode may have, and links a linear directory.
+const LINK_MAX: u32 = 65000;
 
 const S_IFMT: u32 = 0o170000;
 const S_IFSOCK: u32 = 0o140000;
@@ -202,20 +215,10 @@ fn file_type(mode: u32) -> u8 {
     }
 }
 
-/// The ext4 name index and the rest of an xattr name.
+/// The ext4 name index and the rest of an xattr name, for the names a
+/// layer carries ([`carried_xattr`]).
 fn split_xattr_name(name: &[u8]) -> Option<(u8, &[u8])> {
-    if name == b"system.posix_acl_access" {
-        return Some((2, b""));
-    }
-    if name == b"system.posix_acl_default" {
-        return Some((3, b""));
-    }
-    for (prefix, index) in [
-        (&b"user."[..], 1u8),
-        (b"trusted.", 4),
-        (b"security.", 6),
-        (b"system.", 7),
-    ] {
+    for (prefix, index) in [(&b"user."[..], 1u8), (b"trusted.", 4), (b"security.", 6)] {
         if let Some(rest) = name.strip_prefix(prefix) {
             return Some((index, rest));
         }
@@ -223,56 +226,23 @@ fn split_xattr_name(name: &[u8]) -> Option<(u8, &[u8])> {
     None
 }
 
-/// The VFS's POSIX ACL xattr value (version 2, 8-byte entries) in ext4's
-/// on-disk form (version 1, ids only where they mean something).
-fn acl_to_disk(value: &[u8]) -> Option<Vec<u8>> {
-    if value.len() < 4 || (value.len() - 4) % 8 != 0 {
-        return None;
-    }
-    if u32::from_le_bytes(value[0..4].try_into().ok()?) != 2 {
-        return None;
-    }
-    let mut out = 1u32.to_le_bytes().to_vec();
-    for e in value[4..].chunks_exact(8) {
-        let tag = u16::from_le_bytes([e[0], e[1]]);
-        out.extend_from_slice(&e[0..4]);
-        match tag {
-            1 | 4 | 0x10 | 0x20 => {}
-            2 | 8 => out.extend_from_slice(&e[4..8]),
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
+/// The xattrs of `path` that the image carries: the names a layer can
+/// carry ([`carried_xattr`]), as every other output keeps them, never what
+/// the host added to its copy of the tree (an SELinux label, an inherited
+/// ACL).
 fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
-    let len = rustix::fs::llistxattr_query(path)?;
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let mut list = vec![0u8; len];
-    let n = rustix::fs::llistxattr(path, &mut list[..])?;
-    list.truncate(n);
     let mut out = Vec::new();
-    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cname = std::ffi::CString::new(name).map_err(|_| err("xattr name"))?;
-        let vlen = rustix::fs::lgetxattr_query(path, cname.as_c_str())?;
-        let mut value = vec![0u8; vlen];
-        let n = rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value[..])?;
-        value.truncate(n);
-        let (index, rest) = split_xattr_name(name).ok_or_else(|| {
+    for (name, value) in crate::layer::read_xattrs(path)? {
+        if !carried_xattr(&name) {
+            continue;
+        }
+        let (index, rest) = split_xattr_name(&name).ok_or_else(|| {
             err(format!(
                 "{}: xattr {} has a namespace ext4 cannot store",
                 path.display(),
-                String::from_utf8_lossy(name)
+                String::from_utf8_lossy(&name)
             ))
         })?;
-        let value = if index == 2 || index == 3 {
-            acl_to_disk(&value)
-                .ok_or_else(|| err(format!("{}: malformed POSIX ACL", path.display())))?
-        } else {
-            value
-        };
         out.push(Xattr {
             index,
             name: rest.to_vec(),
@@ -778,6 +748,17 @@ impl Out {
     }
 }
 
+/// On an early return, no write may land after `make` has returned: stop
+/// the writer and wait for it (what it was writing is being thrown away).
+impl Drop for Out {
+    fn drop(&mut self) {
+        self.to_writer = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 // ---------------------------------------------------------------- records
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -790,8 +771,10 @@ fn get32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
-/// Low 32 bits of a time, and the `_extra` field's epoch bits.
+/// Low 32 bits of a time, and the `_extra` field's epoch bits; clamped,
+/// as the kernel clamps, to what they can hold (1901 to 2446).
 fn time_parts(t: i64) -> (u32, u32) {
+    let t = t.clamp(i32::MIN as i64, i32::MAX as i64 + (3 << 32));
     let lo = t as i32;
     let extra = ((t - lo as i64) >> 32) as u32 & 3;
     (lo as u32, extra)
@@ -837,8 +820,9 @@ fn inode_seed(csum_seed: u32, ino: u32) -> u32 {
 fn xattr_hash(name: &[u8], value: &[u8]) -> u32 {
     let mut h: u32 = 0;
     for &c in name {
-        // e2fsprogs reads the name as (signed) char; names are ASCII.
-        h = (h << 5) ^ (h >> 27) ^ (c as i8 as i32 as u32);
+        // Unsigned, as e2fsprogs since 1.46.6 and Linux since 6.2 (and its
+        // stable kernels) hash; both still accept the old signed hash.
+        h = (h << 5) ^ (h >> 27) ^ c as u32;
     }
     if !value.is_empty() {
         let mut padded = value.to_vec();
@@ -1017,6 +1001,18 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         return Err(err("the filesystem is too small for a journal"));
     }
     let jruns = alloc.runs(jblocks)?;
+    let zeros = vec![0u8; 4 * MIB as usize];
+    if !punched {
+        // A journal with old transactions in it must never be replayed.
+        for &(start, len) in &jruns {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64 / BS);
+                file.write_all_at(&zeros[..(n * BS) as usize], offset + (start + at) * BS)?;
+                at += n;
+            }
+        }
+    }
     {
         let mut jsb = vec![0u8; BSU];
         let be = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
@@ -1139,25 +1135,35 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
                     extent_entry(&mut ib[12 + 12 * i..], l, s, n);
                 }
             } else {
+                // Depth 1: up to four leaf blocks, indexed from the inode
+                // (4 × 340 extents of up to 128 MiB: files of ~170 GiB).
                 const LEAF_MAX: usize = (BSU - 12 - 4) / 12;
-                if ext.len() > LEAF_MAX {
-                    return Err(err("a file has more extents than one leaf holds"));
+                let leaves: Vec<_> = ext.chunks(LEAF_MAX).collect();
+                if leaves.len() > 4 {
+                    return Err(err(format!(
+                        "a file of {} bytes needs more extents than tplbuild writes",
+                        size
+                    )));
                 }
-                let leaf_at = alloc.contiguous(1)?;
-                fs_blocks += 1;
-                let mut leaf = vec![0u8; BSU];
-                extent_header(&mut leaf, ext.len() as u16, LEAF_MAX as u16, 0);
-                for (i, &(l, s, n)) in ext.iter().enumerate() {
-                    extent_entry(&mut leaf[12 + 12 * i..], l, s, n);
+                extent_header(ib, leaves.len() as u16, 4, 1);
+                for (k, chunk) in leaves.iter().enumerate() {
+                    let leaf_at = alloc.contiguous(1)?;
+                    fs_blocks += 1;
+                    let mut leaf = vec![0u8; BSU];
+                    extent_header(&mut leaf, chunk.len() as u16, LEAF_MAX as u16, 0);
+                    for (i, &(l, s, n)) in chunk.iter().enumerate() {
+                        extent_entry(&mut leaf[12 + 12 * i..], l, s, n);
+                    }
+                    let tail = 12 + 12 * LEAF_MAX;
+                    let c = crc32c_le(inode_seed(csum_seed, ino), &leaf[..tail]);
+                    put32(&mut leaf, tail, c);
+                    out.put(leaf_at, &leaf)?;
+                    let idx = &mut ib[12 + 12 * k..24 + 12 * k];
+                    put32(idx, 0, chunk[0].0);
+                    put32(idx, 4, leaf_at as u32);
+                    put16(idx, 8, (leaf_at >> 32) as u16);
+                    put16(idx, 10, 0);
                 }
-                let tail = 12 + 12 * LEAF_MAX;
-                let c = crc32c_le(inode_seed(csum_seed, ino), &leaf[..tail]);
-                put32(&mut leaf, tail, c);
-                out.put(leaf_at, &leaf)?;
-                extent_header(ib, 1, 4, 1);
-                put32(ib, 12, 0);
-                put32(ib, 16, leaf_at as u32);
-                put16(ib, 20, (leaf_at >> 32) as u16);
             }
         }
         // Xattrs: in the inode body when all fit, else all in a block.
@@ -1191,17 +1197,19 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
             }
         }
 
-        // dir_nlink: a directory with too many subdirectories counts 1.
-        let links = if node.mode & S_IFMT == S_IFDIR && node.links >= 65000 {
-            1
-        } else if node.links > 65000 {
-            return Err(err(format!(
-                "inode {ino} has {} names; ext4 allows 65000",
-                node.links
-            )));
-        } else {
-            node.links
-        };
+        // A directory's count may pass 65000 (dir_nlink: then it is 1)
+        // only when it is a hash tree, and these are linear.
+        if node.links > LINK_MAX {
+            return Err(err(match node.kind {
+                Kind::Dir { .. } => format!(
+                    "a directory has {} subdirectories; ext4 allows {} here",
+                    node.links - 2,
+                    LINK_MAX - 2
+                ),
+                _ => format!("a file has {} names; ext4 allows {LINK_MAX}", node.links),
+            }));
+        }
+        let links = node.links;
         let (atime, aextra) = time_parts(p.epoch);
         let (mtime, mextra) = time_parts(node.mtime);
         put16(inode, 0x00, node.mode as u16);
@@ -1237,7 +1245,6 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
 
     let t_data = t0.elapsed().as_secs_f64();
     // Inode tables: the used inodes, zeros for the rest.
-    let zeros = vec![0u8; 4 * MIB as usize];
     out.flush()?;
     for g in 0..geo.groups {
         let first = g * geo.ipg + 1;
