@@ -124,7 +124,7 @@ pub struct Made {
 
 /// What the writer is, for export cache keys: bump the number whenever
 /// the bytes it writes for the same input change.
-pub const WRITER: &str = "tplbuild-ext4w 1";
+pub const WRITER: &str = "tplbuild-ext4w 2";
 
 /// A filesystem the parameters cannot make (too small, too few inodes, an
 /// entry ext4 cannot hold), as opposed to an I/O error.
