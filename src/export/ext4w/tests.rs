@@ -417,15 +417,20 @@ fn shm_dir(prefix: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
+/// The synthetic tree, and a scratch directory for images.
+fn synthetic_and_scratch() -> (tempfile::TempDir, tempfile::TempDir) {
+    let tree = shm_dir("ext4w-tree-");
+    synthetic_tree(tree.path());
+    (tree, shm_dir("ext4w-img-"))
+}
+
 #[test]
 fn synthetic_tree_is_clean_and_reads_back() {
     if !is_root() {
         eprintln!("skipped: needs root for devices and owners");
         return;
     }
-    let tree = shm_dir("ext4w-tree-");
-    synthetic_tree(tree.path());
-    let work = shm_dir("ext4w-img-");
+    let (tree, work) = synthetic_and_scratch();
     // 300 MiB: three groups, a backup superblock in group 1.
     let img = work.path().join("img");
     let made = make(tree.path(), &params(300 * MIB), &img, 0).unwrap();
@@ -473,9 +478,7 @@ fn many_extents_go_to_a_leaf_block() {
     if !is_root() {
         return;
     }
-    let tree = shm_dir("ext4w-tree-");
-    synthetic_tree(tree.path());
-    let work = shm_dir("ext4w-img-");
+    let (tree, work) = synthetic_and_scratch();
     let img = work.path().join("img");
     let mut p = params(64 * MIB);
     p.max_extent = 4;
@@ -491,9 +494,7 @@ fn at_an_offset_and_twice_the_same_bytes() {
     if !is_root() {
         return;
     }
-    let tree = shm_dir("ext4w-tree-");
-    synthetic_tree(tree.path());
-    let work = shm_dir("ext4w-img-");
+    let (tree, work) = synthetic_and_scratch();
     let a = work.path().join("a");
     let b = work.path().join("b");
     make(tree.path(), &params(200 * MIB), &a, 0).unwrap();
@@ -635,9 +636,7 @@ fn odd_and_large_sizes_are_clean() {
     if !is_root() {
         return;
     }
-    let tree = shm_dir("ext4w-tree-");
-    synthetic_tree(tree.path());
-    let work = shm_dir("ext4w-img-");
+    let (tree, work) = synthetic_and_scratch();
     for size in [16 * MIB, 100 * MIB + 12345, 5 * 1024 * MIB, 64 * 1024 * MIB] {
         let img = work.path().join(format!("img-{size}"));
         let made = make(tree.path(), &params(size), &img, 0).unwrap();
@@ -657,9 +656,7 @@ fn resize2fs_grows_it_offline_past_its_descriptor_block() {
     if !is_root() {
         return;
     }
-    let tree = shm_dir("ext4w-tree-");
-    synthetic_tree(tree.path());
-    let work = shm_dir("ext4w-img-");
+    let (tree, work) = synthetic_and_scratch();
     let img = work.path().join("img");
     make(tree.path(), &params(64 * MIB), &img, 0).unwrap();
     fs_err::OpenOptions::new()
