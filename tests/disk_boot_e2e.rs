@@ -47,7 +47,7 @@ impl Vm {
 /// them to end removes the build's folder (gigabytes); a run that filters
 /// some out leaves it, and a later run removes it once its process is gone.
 /// Keep this equal to the number of `vm()` callers.
-const VM_USERS: usize = 7;
+const VM_USERS: usize = 8;
 const VM_PREFIX: &str = "tplbuild-disk-vm-";
 
 /// Folders of earlier runs whose process has ended.
@@ -400,6 +400,75 @@ fn the_disk_boots_under_ovmf_to_the_images_self_test_line() {
         "root must be the disk's second (root) partition, ext4, with the COPY'd file; \
          sshd must have made its host keys at boot and be listening"
     );
+}
+
+/// The ext4 tplbuild writes has no resize_inode, so growing it while it is
+/// mounted past what its group descriptor block holds takes the kernel's
+/// switch to meta_bg: a path only a kernel running as root can take (this
+/// container may not resize a mounted filesystem). The VM boots straight
+/// into a shell as init; it mounts a 1 GiB `type=ext4` export attached as
+/// a 20 GiB second disk, grows it with `resize2fs`, and powers off; the
+/// host then checks the result.
+#[test]
+fn an_ext4_export_grows_while_mounted_in_the_vm() {
+    let Some(vm) = vm() else { return };
+    let env = Env::new();
+    let (disk, data) = (env.path("sh.img"), env.path("data.ext4"));
+    // No `=` and no `,` in it: the kernel passes it on, after `--`, as is.
+    // The kernel prints its command line: '' keeps the marker out of it.
+    let script = "mount -t proc proc /proc; \
+        for d in /dev/vda /dev/vdb; do mount $d /mnt 2>/dev/null && break; done; \
+        resize2fs $d; echo tplbuild-''vm: resize2fs $d exit $?; \
+        umount /mnt; echo o > /proc/sysrq-trigger; sleep 60";
+    env.ok(&[
+        "export",
+        &format!("oci:{}", vm.layout().display()),
+        "-o",
+        &format!(
+            "type=disk,dest={},cmdline=init=/bin/sh -- -c \"{script}\"",
+            disk.display()
+        ),
+        "-o",
+        &format!("type=ext4,dest={},size=1G", data.display()),
+    ]);
+    fs_err::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(20 << 30)
+        .unwrap();
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-machine", "q35,accel=tcg", "-m", "1024", "-nographic"])
+        .args(["-bios", "/usr/share/ovmf/OVMF.fd", "-nic", "none"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", data.display()));
+    let log = env.path("grow.log");
+    let line = boot_to_self_test_line(qemu, &log, BOOT_LIMIT);
+    // The second disk is vdb, unless the firmware enumerated it first.
+    assert!(
+        line.starts_with("tplbuild-vm: resize2fs /dev/vd") && line.ends_with(" exit 0"),
+        "{line}; the end of the console:\n{}",
+        last_lines(&String::from_utf8_lossy(&fs_err::read(&log).unwrap()), 30)
+    );
+    sh_ok(&format!("e2fsck -fn {}", data.display()));
+    let dump = sh_ok(&format!("dumpe2fs -h {} 2>/dev/null", data.display()));
+    assert!(
+        dump.lines()
+            .any(|l| l.starts_with("Block count:") && l.ends_with(" 5242880")),
+        "not grown to 20 GiB:\n{dump}"
+    );
+    let features = dump
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .unwrap();
+    assert!(features.contains(" meta_bg"), "{features}");
+    let release = sh_ok(&format!(
+        "debugfs -R 'cat /etc/vm-release' {}",
+        data.display()
+    ));
+    assert_eq!(release.trim(), "vm built by tplbuild");
 }
 
 /// The layout of docs/disk.md's A/B example, with a swap area.
