@@ -9,9 +9,10 @@
 //! 64bit, flex_bg, sparse_super, large_file, huge_file, dir_nlink,
 //! extra_isize and metadata_csum. 4 KiB blocks, 256-byte inodes, 32768
 //! blocks per group. Without `resize_inode` no descriptor blocks are
-//! reserved: `resize2fs` still grows it (tested offline), and the kernel
-//! grows it online by switching to meta_bg once the descriptors fill
-//! their blocks (not tested here: it needs CAP_SYS_RESOURCE).
+//! reserved: `resize2fs` still grows it offline, and online the kernel
+//! switches it to meta_bg once the descriptors fill their blocks (tests:
+//! `resize2fs_grows_it_offline_past_its_descriptor_block` here, and
+//! `tests/disk_boot_e2e.rs`, in a VM, for online).
 //!
 //! Xattrs are the ones a layer carries ([`carried_xattr`]), in the inode
 //! when they fit, else in one block. Limits, each a clear error: 65000

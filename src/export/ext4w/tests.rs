@@ -649,8 +649,8 @@ fn odd_and_large_sizes_are_clean() {
 /// No resize_inode: growing still works. `resize2fs` offline, past what
 /// the one descriptor block of a small filesystem can describe (64 MiB →
 /// 20 GiB: 1 → 3 descriptor blocks), leaves a clean filesystem with the
-/// tree intact. (Online growth is the kernel's meta_bg conversion, which
-/// needs CAP_SYS_RESOURCE: not tested here.)
+/// tree intact. (Online growth, the kernel's switch to meta_bg, needs
+/// CAP_SYS_RESOURCE: `tests/disk_boot_e2e.rs` tests it in a VM.)
 #[test]
 fn resize2fs_grows_it_offline_past_its_descriptor_block() {
     if !is_root() {
