@@ -29,7 +29,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// Debian 12's `/etc/mke2fs.conf`, minus the usage types that never
 /// apply to a rootfs image, plus the init choices pinned.
-pub(crate) const MKE2FS_CONF: &str = "\
+const MKE2FS_CONF: &str = "\
 [defaults]
 	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
 	default_mntopts = acl,user_xattr
