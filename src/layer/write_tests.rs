@@ -645,3 +645,25 @@ fn nested_upper_directories_holding_only_excluded_paths_go_too_but_not_in_a_full
         ["a/", "a/b/", "etc/", "etc/greeting"]
     );
 }
+
+/// A tree as deep as a path can name (~2,000 directories) on a 2 MiB
+/// stack, as layers are written on a blocking thread of the runtime.
+#[test]
+fn a_tree_two_thousand_deep_is_written_on_a_small_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rel = String::from("a");
+    while rel.len() < 3900 {
+        rel.push_str("/a");
+    }
+    put(dir.path(), &format!("{rel}/f"), b"deep");
+    let root = dir.path().to_path_buf();
+    let (tar, _) = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || write(&root, &opts()))
+        .unwrap()
+        .join()
+        .unwrap();
+    let es = entries(&tar);
+    assert_eq!(es.len(), 1952, "1,951 directories and the file");
+    assert!(paths(&es).last().unwrap().ends_with("/a/f"));
+}

@@ -290,11 +290,13 @@ impl Walk {
         })
     }
 
-    fn dir(&mut self, dir: &Path, ino: u32) -> io::Result<()> {
-        let mut names: Vec<OsString> = fs_err::read_dir(dir)?
+    /// A directory to walk: its names, sorted, and the entries met so far.
+    fn open(&mut self, dir: PathBuf, ino: u32) -> io::Result<Frame> {
+        let mut names: Vec<OsString> = fs_err::read_dir(&dir)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<io::Result<_>>()?;
         names.sort();
+        names.reverse(); // popped from the end
         let mut entries = Vec::with_capacity(names.len() + 1);
         if ino == ROOT_INO {
             // lost+found is made whether the tree has one or not.
@@ -303,18 +305,42 @@ impl Walk {
                 self.nodes[ROOT_INO as usize].links += 1;
             }
         }
-        for name in names {
-            let path = dir.join(&name);
+        Ok(Frame {
+            dir,
+            ino,
+            names,
+            entries,
+        })
+    }
+
+    /// Every directory from `root` down, depth first, each entry numbered
+    /// when it is met. A stack of frames, not recursion: a tree may be
+    /// ~2,000 directories deep, and this runs on a 2 MiB thread stack.
+    fn dir(&mut self, root: &Path, root_ino: u32) -> io::Result<()> {
+        let mut stack = vec![self.open(root.to_path_buf(), root_ino)?];
+        while let Some(top) = stack.last_mut() {
+            let Some(name) = top.names.pop() else {
+                let mut done = stack.pop().expect("a frame");
+                done.entries.sort_by(|a, b| a.0.cmp(&b.0));
+                if let Kind::Dir { entries: e, .. } = &mut self.nodes[done.ino as usize].kind {
+                    *e = done.entries;
+                }
+                continue;
+            };
+            let ino = top.ino;
+            let path = top.dir.join(&name);
             let meta = fs_err::symlink_metadata(&path)?;
             let is_dir = meta.file_type().is_dir();
             let ft = file_type(meta.mode());
             if !is_dir && meta.nlink() > 1 {
                 if let Some(&other) = self.seen.get(&(meta.dev(), meta.ino())) {
                     self.nodes[other as usize].links += 1;
-                    entries.push((name.as_bytes().to_vec(), other, ft));
+                    top.entries.push((name.as_bytes().to_vec(), other, ft));
                     continue;
                 }
             }
+            top.entries.push((name.as_bytes().to_vec(), 0, ft));
+            let at = top.entries.len() - 1;
             let node = self.node_from(&path, &meta)?;
             let child = if ino == ROOT_INO && name.as_bytes() == b"lost+found" {
                 if !is_dir {
@@ -330,10 +356,10 @@ impl Walk {
                 self.nodes.push(node);
                 n
             };
+            stack.last_mut().expect("a frame").entries[at].1 = child;
             if !is_dir && meta.nlink() > 1 {
                 self.seen.insert((meta.dev(), meta.ino()), child);
             }
-            entries.push((name.as_bytes().to_vec(), child, ft));
             if is_dir {
                 self.nodes[ino as usize].links += 1;
                 if let Kind::Dir {
@@ -345,15 +371,21 @@ impl Walk {
                         *min_blocks = 4;
                     }
                 }
-                self.dir(&path, child)?;
+                let frame = self.open(path, child)?;
+                stack.push(frame);
             }
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Kind::Dir { entries: e, .. } = &mut self.nodes[ino as usize].kind {
-            *e = entries;
         }
         Ok(())
     }
+}
+
+/// A directory being walked.
+struct Frame {
+    dir: PathBuf,
+    ino: u32,
+    /// Names still to visit, the next one last.
+    names: Vec<OsString>,
+    entries: Vec<(Vec<u8>, u32, u8)>,
 }
 
 fn walk(root: &Path, epoch: i64) -> io::Result<Vec<Node>> {
