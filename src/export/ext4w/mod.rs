@@ -114,15 +114,6 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     v.try_into().ok()
 }
 
-/// What was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Made {
-    pub blocks: u64,
-    pub inodes: u64,
-    pub used_inodes: u64,
-    pub free_blocks: u64,
-}
-
 /// What the writer is, for export cache keys: bump the number whenever
 /// the bytes it writes for the same input change.
 pub const WRITER: &str = "tplbuild-ext4w 2";
@@ -234,16 +225,10 @@ fn split_xattr_name(name: &[u8]) -> Option<(u8, &[u8])> {
 fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
     let mut out = Vec::new();
     for (name, value) in crate::layer::read_xattrs(path)? {
-        if !carried_xattr(&name) {
+        // Every carried name is in a namespace ext4 indexes.
+        let Some((index, rest)) = split_xattr_name(&name).filter(|_| carried_xattr(&name)) else {
             continue;
-        }
-        let (index, rest) = split_xattr_name(&name).ok_or_else(|| {
-            err(format!(
-                "{}: xattr {} has a namespace ext4 cannot store",
-                path.display(),
-                String::from_utf8_lossy(&name)
-            ))
-        })?;
+        };
         out.push(Xattr {
             index,
             name: rest.to_vec(),
@@ -261,35 +246,36 @@ struct Walk {
     seen: HashMap<(u64, u64), u32>,
 }
 
-impl Walk {
-    fn node_from(&self, path: &Path, meta: &std::fs::Metadata) -> io::Result<Node> {
-        let mode = meta.mode();
-        let kind = match mode & S_IFMT {
-            S_IFDIR => Kind::Dir {
-                parent: 0,
-                entries: Vec::new(),
-                min_blocks: 1,
-            },
-            S_IFREG => Kind::File {
-                path: path.to_path_buf(),
-                size: meta.len(),
-            },
-            S_IFLNK => Kind::Symlink(fs_err::read_link(path)?.as_os_str().as_bytes().to_vec()),
-            S_IFCHR | S_IFBLK => Kind::Dev(meta.rdev()),
-            S_IFIFO | S_IFSOCK => Kind::Special,
-            _ => return Err(err(format!("{}: unknown file type", path.display()))),
-        };
-        Ok(Node {
-            mode,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime: meta.mtime(),
-            links: if mode & S_IFMT == S_IFDIR { 2 } else { 1 },
-            xattrs: read_xattrs(path)?,
-            kind,
-        })
-    }
+/// The node for `path`, not yet linked into the tree.
+fn node_from(path: &Path, meta: &std::fs::Metadata) -> io::Result<Node> {
+    let mode = meta.mode();
+    let kind = match mode & S_IFMT {
+        S_IFDIR => Kind::Dir {
+            parent: 0,
+            entries: Vec::new(),
+            min_blocks: 1,
+        },
+        S_IFREG => Kind::File {
+            path: path.to_path_buf(),
+            size: meta.len(),
+        },
+        S_IFLNK => Kind::Symlink(fs_err::read_link(path)?.as_os_str().as_bytes().to_vec()),
+        S_IFCHR | S_IFBLK => Kind::Dev(meta.rdev()),
+        S_IFIFO | S_IFSOCK => Kind::Special,
+        _ => return Err(err(format!("{}: unknown file type", path.display()))),
+    };
+    Ok(Node {
+        mode,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime(),
+        links: if mode & S_IFMT == S_IFDIR { 2 } else { 1 },
+        xattrs: read_xattrs(path)?,
+        kind,
+    })
+}
 
+impl Walk {
     /// A directory to walk: its names, sorted, and the entries met so far.
     fn open(&mut self, dir: PathBuf, ino: u32) -> io::Result<Frame> {
         let mut names: Vec<OsString> = fs_err::read_dir(&dir)?
@@ -341,7 +327,7 @@ impl Walk {
             }
             top.entries.push((name.as_bytes().to_vec(), 0, ft));
             let at = top.entries.len() - 1;
-            let node = self.node_from(&path, &meta)?;
+            let node = node_from(&path, &meta)?;
             let child = if ino == ROOT_INO && name.as_bytes() == b"lost+found" {
                 if !is_dir {
                     return Err(err(format!(
@@ -394,11 +380,7 @@ fn walk(root: &Path, epoch: i64) -> io::Result<Vec<Node>> {
     if !meta.is_dir() {
         return Err(err(format!("{} is not a directory", root.display())));
     }
-    let w0 = Walk {
-        nodes: Vec::new(),
-        seen: HashMap::new(),
-    };
-    let mut root_node = w0.node_from(root, &meta)?;
+    let mut root_node = node_from(root, &meta)?;
     if let Kind::Dir { parent, .. } = &mut root_node.kind {
         *parent = ROOT_INO;
     }
@@ -1033,7 +1015,8 @@ fn dir_blocks(ino: u32, parent: u32, entries: &[(Vec<u8>, u32, u8)], min_blocks:
 
 /// Make the filesystem for the tree at `root` in `dest`, `offset` bytes in
 /// (the file is made, or lengthened to hold it; the rest is left alone).
-pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Made> {
+/// Returns the filesystem's size in blocks.
+pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<u64> {
     let t0 = std::time::Instant::now();
     let nodes = walk(root, p.epoch)?;
     let t_walk = t0.elapsed().as_secs_f64();
@@ -1519,10 +1502,5 @@ pub fn make(root: &Path, p: &Params, dest: &Path, offset: u64) -> io::Result<Mad
         rest = t0.elapsed().as_secs_f64() - t_itable,
         "ext4w phases (seconds)"
     );
-    Ok(Made {
-        blocks: geo.blocks,
-        inodes: inodes_count,
-        used_inodes: max_ino,
-        free_blocks: free_blocks_total,
-    })
+    Ok(geo.blocks)
 }
