@@ -18,14 +18,6 @@ pub const MKE2FS: Tool = Tool {
     name: "mke2fs",
     package: "e2fsprogs",
 };
-pub const DEBUGFS: Tool = Tool {
-    name: "debugfs",
-    package: "e2fsprogs",
-};
-pub const DUMPE2FS: Tool = Tool {
-    name: "dumpe2fs",
-    package: "e2fsprogs",
-};
 pub const MKFS_EROFS: Tool = Tool {
     name: "mkfs.erofs",
     package: "erofs-utils",
